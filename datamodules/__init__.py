@@ -1,0 +1,19 @@
+"""LightningDataModules. Each takes ``data_dir`` (default: ``$ZOO_DATA_DIR``, else ``~/.cache/zoo/data``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["DATAMODULES", "default_data_dir", "DatasetError"]
+
+# Short names accepted by ``train.py --data NAME``.
+DATAMODULES = {"cifar10": "datamodules.cifar10.CIFAR10DataModule"}
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, corrupt or does not have the expected structure; the message says what to do."""
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("ZOO_DATA_DIR") or Path.home() / ".cache" / "zoo" / "data").expanduser()

@@ -1,0 +1,298 @@
+"""Augmented CIFAR-10 (Krizhevsky 2009) from the python-batch format.
+
+Files: ``<data_dir>/cifar10/cifar-10-python.tar.gz`` or the extracted ``cifar-10-batches-py/`` folder (either
+directly in ``data_dir`` or in its ``cifar10/`` subfolder). When neither exists, ``prepare_data`` downloads the
+canonical archive from Toronto and checks its md5. Files already on disk are validated by *structure* (six
+batches, 50,000/10,000 rows of 3,072 uint8, labels 0-9, ten class names), not by md5: a lossless re-packing such
+as ``shared/data/cifar10`` has other md5s (its synthesized ``filenames``) and the same pixels.
+
+Splits: the 50,000 training images are split 45,000/5,000 into train/val by a seeded permutation (He et al.
+2016 use the same 45k/5k split for selection); the 10,000 test images are loaded only for ``trainer.test``.
+Augmentation (train split only) uses ``torchvision.transforms.v2`` on uint8 tensors, each transform switched
+and sized by an argument; Cutout (DeVries & Taylor 2017) is applied after normalisation, so the patch is the
+mean colour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import shutil
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from datamodules import DatasetError, default_data_dir
+
+__all__ = ["CIFAR10DataModule", "load_cifar10", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_CLASSES"]
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE = "cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"  # the Toronto original
+FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+# Per-channel statistics of the 50,000 training images in [0, 1].
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def find_cifar10(data_dir: Path) -> Path | None:
+    """The archive or extracted folder under ``data_dir`` (or ``data_dir/cifar10``), folder first."""
+    for base in (data_dir / "cifar10", data_dir):
+        for candidate in (base / FOLDER, base / ARCHIVE):
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def download_cifar10(data_dir: Path, url: str | None = None) -> Path:
+    """Download the archive into ``data_dir/cifar10``, check its md5, then move it into place atomically."""
+    url = url or URL
+    dest = data_dir / "cifar10" / ARCHIVE
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
+            shutil.copyfileobj(r, f)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(
+            f"CIFAR-10 is not in {data_dir} and could not be downloaded from {url} ({e}). "
+            f"Put {ARCHIVE} (or the extracted {FOLDER}/ folder) into {data_dir / 'cifar10'}, "
+            "or point --data.data_dir / ZOO_DATA_DIR at the folder that holds it."
+        ) from e
+    md5 = hashlib.md5(tmp.read_bytes()).hexdigest()
+    if md5 != ARCHIVE_MD5:
+        tmp.unlink()
+        raise DatasetError(f"downloaded {url} has md5 {md5}, expected {ARCHIVE_MD5}; nothing was kept, try again")
+    tmp.replace(dest)
+    return dest
+
+
+def _read_members(path: Path) -> dict[str, bytes]:
+    names = [*TRAIN_BATCHES, "test_batch", "batches.meta"]
+    if path.is_dir():
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise DatasetError(f"{path} lacks {', '.join(missing)}; it should hold the six CIFAR-10 python batches")
+        return {n: (path / n).read_bytes() for n in names}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            files = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            missing = [n for n in names if n not in files]
+            if missing:
+                raise DatasetError(f"{path} lacks {', '.join(missing)}; it is not a CIFAR-10 python archive")
+            return {n: tar.extractfile(files[n]).read() for n in names}
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DatasetError(
+            f"{path} is corrupt or truncated ({type(e).__name__}: {e}). Delete it and run again to download a fresh "
+            f"copy, or replace it with a good {ARCHIVE}."
+        ) from e
+
+
+def _unpickle(raw: bytes, name: str, source: Path) -> dict:
+    try:
+        return pickle.load(io.BytesIO(raw), encoding="latin1")
+    except Exception as e:  # a damaged pickle can raise almost anything
+        raise DatasetError(f"{name} in {source} cannot be read ({type(e).__name__}: {e}); replace the dataset") from e
+
+
+def load_cifar10(path: Path, num_images: tuple[int, int] = (50_000, 10_000)) -> dict:
+    """Read and validate the python-batch format; returns uint8 images (N, 3, 32, 32), int64 labels, classes."""
+    members = _read_members(path)
+    meta = _unpickle(members["batches.meta"], "batches.meta", path)
+    classes = list(meta.get("label_names", []))
+    if len(classes) != 10:
+        raise DatasetError(f"batches.meta in {path} lists {len(classes)} classes, CIFAR-10 has 10")
+    out = {"classes": classes}
+    for split, batches, expected in (("train", TRAIN_BATCHES, num_images[0]), ("test", ["test_batch"], num_images[1])):
+        xs, ys = [], []
+        for name in batches:
+            d = _unpickle(members[name], name, path)
+            data, labels = d.get("data"), d.get("labels")
+            if data is None or labels is None or getattr(data, "ndim", 0) != 2 or data.shape[1] != 3072:
+                raise DatasetError(f"{name} in {path} is not a CIFAR-10 batch (need 'data' rows of 3,072 bytes)")
+            if str(data.dtype) != "uint8" or len(labels) != data.shape[0]:
+                raise DatasetError(f"{name} in {path}: {data.shape[0]} rows of {data.dtype}, {len(labels)} labels")
+            y = torch.as_tensor(labels, dtype=torch.int64)
+            if y.numel() and (y.min() < 0 or y.max() > 9):
+                raise DatasetError(f"{name} in {path} has labels outside 0-9")
+            xs.append(torch.from_numpy(data).view(-1, 3, 32, 32))
+            ys.append(y)
+        x, y = torch.cat(xs), torch.cat(ys)
+        if len(x) != expected:
+            raise DatasetError(f"{path} holds {len(x)} {split} images, expected {expected}; the dataset is incomplete")
+        out[split] = (x, y)
+    return out
+
+
+class Cutout(torch.nn.Module):
+    """Zero a ``size`` x ``size`` square at a uniformly random centre, clipped at the border (DeVries & Taylor 2017)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        cy, cx = torch.randint(h, ()).item(), torch.randint(w, ()).item()
+        y0, y1 = max(cy - self.size // 2, 0), min(cy + (self.size + 1) // 2, h)
+        x0, x1 = max(cx - self.size // 2, 0), min(cx + (self.size + 1) // 2, w)
+        img = img.clone()
+        img[..., y0:y1, x0:x1] = 0
+        return img
+
+
+class TensorImages(Dataset):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[i]), self.labels[i]
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    """CIFAR-10 with a seeded 45k/5k train/val split and configurable augmentation.
+
+    Args:
+        data_dir: folder holding ``cifar10/cifar-10-python.tar.gz`` (or ``cifar-10-batches-py/``);
+            default ``$ZOO_DATA_DIR``, else ``~/.cache/zoo/data``.
+        download: download the canonical archive when no files are found.
+        val_size: images held out of the 50,000 for validation (model selection).
+        split_seed: seed of the train/val permutation (fixed across runs so val stays unseen).
+        hflip, vflip: probability of a horizontal / vertical flip.
+        crop_padding: pad by this many pixels and crop 32x32 back at random (0: off).
+        padding_mode: ``constant`` (zeros, as He et al.) or ``reflect``.
+        rotation: maximum rotation in degrees (0: off).
+        scale: random zoom range, e.g. ``[0.9, 1.1]`` (None: off).
+        noise_std: std of additive Gaussian noise on [0, 1] pixels, before normalisation (0: off).
+        cutout: side of the Cutout square in pixels (0: off).
+        num_images: expected (train, test) counts; change only for a subset in the same format.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        num_workers: int = 2,
+        download: bool = True,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        hflip: float = 0.5,
+        vflip: float = 0.0,
+        crop_padding: int = 4,
+        padding_mode: str = "constant",
+        rotation: float = 0.0,
+        scale: tuple[float, float] | None = None,
+        noise_std: float = 0.0,
+        cutout: int = 0,
+        num_images: tuple[int, int] = (50_000, 10_000),
+    ) -> None:
+        super().__init__()
+        for name, p in (("hflip", hflip), ("vflip", vflip)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1], got {p}")
+        if min(crop_padding, cutout, rotation, noise_std, batch_size - 1, num_workers) < 0:
+            raise ValueError("crop_padding, cutout, rotation, noise_std, num_workers must be >= 0, batch_size >= 1")
+        if padding_mode not in ("constant", "reflect", "edge", "symmetric"):
+            raise ValueError(f"padding_mode must be constant, reflect, edge or symmetric, got {padding_mode!r}")
+        if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1]):
+            raise ValueError(f"scale is a range [min, max] with 0 < min <= max, got {scale}")
+        if not 0 < val_size < num_images[0]:
+            raise ValueError(f"val_size must be between 1 and {num_images[0] - 1}, got {val_size}")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
+        self.classes = list(CIFAR10_CLASSES)
+        self.train_set = self.val_set = self.test_set = None
+
+    # -- files ---------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if find_cifar10(self.data_dir) is None:
+            if not self.hparams.download:
+                raise DatasetError(
+                    f"CIFAR-10 not found in {self.data_dir}: put {ARCHIVE} (or {FOLDER}/) into "
+                    f"{self.data_dir / 'cifar10'}, or set --data.download true to fetch it from the Toronto site"
+                )
+            download_cifar10(self.data_dir)
+
+    def _load(self) -> dict:
+        path = find_cifar10(self.data_dir)
+        if path is None:
+            raise DatasetError(
+                f"CIFAR-10 not found in {self.data_dir}: put {ARCHIVE} into {self.data_dir / 'cifar10'} "
+                "(prepare_data downloads it when the network is reachable)"
+            )
+        data = load_cifar10(path, tuple(self.hparams.num_images))
+        self.classes = data["classes"]
+        return data
+
+    # -- transforms ----------------------------------------------------------------------------------------
+    def train_transform(self) -> v2.Compose:
+        h = self.hparams
+        ops: list = []
+        if h.crop_padding:
+            ops.append(v2.RandomCrop(32, padding=h.crop_padding, padding_mode=h.padding_mode))
+        if h.hflip:
+            ops.append(v2.RandomHorizontalFlip(h.hflip))
+        if h.vflip:
+            ops.append(v2.RandomVerticalFlip(h.vflip))
+        if h.rotation or h.scale:
+            ops.append(v2.RandomAffine(degrees=h.rotation, scale=tuple(h.scale) if h.scale else None))
+        ops.append(v2.ToDtype(torch.float32, scale=True))
+        if h.noise_std:
+            ops.append(v2.GaussianNoise(sigma=h.noise_std, clip=True))
+        ops.append(v2.Normalize(CIFAR10_MEAN, CIFAR10_STD))
+        if h.cutout:
+            ops.append(Cutout(h.cutout))
+        return v2.Compose(ops)
+
+    @staticmethod
+    def eval_transform() -> v2.Compose:
+        return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+
+    # -- splits --------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            x, y = self._load()["train"]
+            perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(h.split_seed))
+            val_idx, train_idx = perm[: h.val_size], perm[h.val_size :]
+            self.train_set = TensorImages(x[train_idx], y[train_idx], self.train_transform())
+            self.val_set = TensorImages(x[val_idx], y[val_idx], self.eval_transform())
+        if stage in (None, "test", "predict") and self.test_set is None:
+            x, y = self._load()["test"]
+            self.test_set = TensorImages(x, y, self.eval_transform())
+
+    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        h = self.hparams
+        return DataLoader(
+            ds,
+            batch_size=h.batch_size if train else h.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=h.num_workers,
+            persistent_workers=h.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)

@@ -1,0 +1,98 @@
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+N_TRAIN, N_TEST = 200, 40  # tiny CIFAR-10 in the real format: 5 train batches of 40, one test batch of 40
+FIXTURE_ARGS = [
+    "--data.num_images",
+    f"[{N_TRAIN},{N_TEST}]",
+    "--data.val_size",
+    "40",
+    "--data.num_workers",
+    "0",
+    "--data.batch_size",
+    "16",
+    "--data.eval_batch_size",
+    "20",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """No test reaches the network or writes W&B files outside its temp dir."""
+    monkeypatch.setenv("WANDB_MODE", os.environ.get("ZOO_TEST_WANDB_MODE", "disabled"))
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("ZOO_RUN_DIR", raising=False)
+
+
+def _batch(rng, n: int, label: str) -> bytes:
+    labels = [int(i % 10) for i in range(n)]
+    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    for i, y in enumerate(labels):  # make the classes learnable: a class-dependent red channel offset
+        data[i, :1024] = np.clip(data[i, :1024].astype(int) // 4 + 20 * y, 0, 255).astype(np.uint8)
+    d = {"batch_label": label, "labels": labels, "data": data, "filenames": [f"{i}_x.png" for i in range(n)]}
+    return pickle.dumps(d, protocol=2)
+
+
+def write_cifar(
+    root: Path, as_archive: bool = True, n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0
+) -> Path:
+    """Write CIFAR-10 python batches (same keys, dtypes and layout as the Toronto files) under root/cifar10."""
+    rng = np.random.default_rng(seed)
+    members = {f"data_batch_{i}": _batch(rng, n_train // 5, f"training batch {i} of 5") for i in range(1, 6)}
+    members["test_batch"] = _batch(rng, n_test, "testing batch 1 of 1")
+    members["batches.meta"] = pickle.dumps({"label_names": CLASSES, "num_cases_per_batch": n_train // 5}, protocol=2)
+    base = root / "cifar10"
+    if as_archive:
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / "cifar-10-python.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            for name, raw in members.items():
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+                info.size = len(raw)
+                tar.addfile(info, io.BytesIO(raw))
+        return path
+    folder = base / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, raw in members.items():
+        (folder / name).write_bytes(raw)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_cifar(root)
+    return root
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    d = Path(os.environ.get("ZOO_DATA_DIR", ROOT.parent / "shared" / "data"))
+    if not (d / "cifar10").exists():
+        pytest.skip(f"real CIFAR-10 not in {d} (set ZOO_DATA_DIR)")
+    return d
+
+
+def run_train(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run train.py in a subprocess (as users do), from ``cwd`` so its runs/ folder lands in a temp dir."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,143 @@
+import json
+import shutil
+
+import lightning as L
+import pytest
+import torch
+from conftest import N_TEST, N_TRAIN
+
+import zoo
+from datamodules.cifar10 import CIFAR10DataModule
+from zoo._pretrained import PretrainedError, checkpoint_dir, read_manifest, sha256_of
+from zoo._publish import CheckpointError, evaluate, publish, read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory, cifar_dir):
+    """A lenet5 checkpoint trained for one epoch on the fixture, as train.py would leave it."""
+    L.seed_everything(0)
+    out = tmp_path_factory.mktemp("run")
+    model = zoo.create_model("lenet5", lr=3e-3, optimizer="adamw", schedule="constant")
+    dm = CIFAR10DataModule(
+        data_dir=str(cifar_dir), num_images=(N_TRAIN, N_TEST), val_size=40, num_workers=0, batch_size=16
+    )
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out,
+    )
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(out / "last.ckpt")
+    return out / "last.ckpt"
+
+
+@pytest.fixture
+def published(trained_ckpt, cifar_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))
+    entry = publish(trained_ckpt, "fixture", "configs/lenet5.cifar10.yaml", data_dir=str(cifar_dir))
+    dm = CIFAR10DataModule(data_dir=str(cifar_dir), num_images=(N_TRAIN, N_TEST), val_size=40, num_workers=0)
+    return entry, dm
+
+
+def test_publish_writes_weights_and_measured_metrics(published):
+    entry, dm = published
+    path = checkpoint_dir() / entry["file"]
+    assert path.suffix == ".safetensors" and sha256_of(path) == entry["sha256"]
+    assert read_manifest()["lenet5.fixture"] == entry
+    assert entry["params"] == 62_006 and entry["classes"][0] == "airplane"
+    model = zoo.load_pretrained("lenet5.fixture")
+    assert not model.training
+    assert evaluate(model, dm, "test")["test_acc"] == pytest.approx(entry["metrics"]["test_acc"])  # not typed
+    assert "val_acc" in entry["metrics"] and entry["training"]["wall_time_s"] >= 0
+
+
+def test_list_pretrained_and_models(published):
+    assert zoo.list_pretrained("lenet*") == ["lenet5.fixture"]
+    assert zoo.list_models(pretrained=True) == ["lenet5"]
+
+
+def test_loaded_weights_equal_the_checkpoint(published, trained_ckpt):
+    state = read_checkpoint(trained_ckpt)["state_dict"]
+    net = zoo.load_pretrained("lenet5.fixture").net
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[f"net.{k}"]), k
+
+
+def test_other_num_classes_resets_head_keeps_backbone(published, caplog):
+    ref = zoo.load_pretrained("lenet5.fixture").net
+    net = zoo.load_pretrained("lenet5.fixture", num_classes=3).net
+    assert net.head.out_features == 3
+    assert torch.equal(net.features[0].weight, ref.features[0].weight)
+
+
+def test_sha256_mismatch_is_refused(published):
+    entry, _ = published
+    path = checkpoint_dir() / entry["file"]
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(PretrainedError, match="Refusing to load"):
+        zoo.load_pretrained("lenet5.fixture")
+
+
+def test_missing_file_says_where_it_looked(published):
+    entry, _ = published
+    (checkpoint_dir() / entry["file"]).unlink()
+    with pytest.raises(PretrainedError, match=f"looked for .*{entry['file']}"):
+        zoo.load_pretrained("lenet5.fixture")
+
+
+def test_unknown_tag_lists_available(published):
+    with pytest.raises(PretrainedError, match="available for lenet5: lenet5.fixture"):
+        zoo.load_pretrained("lenet5.imagenet")
+
+
+def test_weights_for_another_architecture(published):
+    with pytest.raises(PretrainedError, match="are for model 'lenet5', not 'resnet20'"):
+        zoo.create_model("resnet20", pretrained="lenet5.fixture")
+    manifest = read_manifest()
+    manifest["resnet20.bad"] = {**manifest["lenet5.fixture"], "model": "resnet20"}  # mislabelled entry
+    (checkpoint_dir() / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PretrainedError, match="do not fit this resnet20"):
+        zoo.load_pretrained("resnet20.bad")
+
+
+def test_bad_checkpoints_are_refused(tmp_path, trained_ckpt):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        read_checkpoint(tmp_path / "nope.ckpt")
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(trained_ckpt.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):
+        read_checkpoint(cut)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": shutil.rmtree}, evil)  # a pickle that would import a function
+    with pytest.raises(CheckpointError, match="weights_only=True refuses"):
+        read_checkpoint(evil)
+    other = tmp_path / "other.ckpt"
+    torch.save({"model": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not a lightning-zoo training checkpoint"):
+        read_checkpoint(other)
+
+
+# -- the repository's own published weights -------------------------------------------------------------------
+REPO_MANIFEST = read_manifest()
+
+
+@pytest.mark.parametrize("name", sorted(REPO_MANIFEST), ids=sorted(REPO_MANIFEST))
+def test_repo_weights_verify_and_load(name):
+    entry = REPO_MANIFEST[name]
+    assert sha256_of(checkpoint_dir() / entry["file"]) == entry["sha256"]
+    model = zoo.load_pretrained(name)
+    assert model.net(torch.zeros(1, 3, 32, 32)).shape == (1, len(entry["classes"]))
+    assert entry["recipe"] and (checkpoint_dir().parent / entry["recipe"]).is_file()
+
+
+@pytest.mark.parametrize("name", sorted(REPO_MANIFEST), ids=sorted(REPO_MANIFEST))
+def test_repo_weights_reproduce_their_test_accuracy(name, real_data_dir):
+    entry = REPO_MANIFEST[name]
+    dm = CIFAR10DataModule(data_dir=str(real_data_dir), num_workers=0)
+    acc = evaluate(zoo.load_pretrained(name), dm, "test")["test_acc"]
+    assert acc == pytest.approx(entry["metrics"]["test_acc"], abs=1e-3)

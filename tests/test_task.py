@@ -1,0 +1,109 @@
+import json
+
+import lightning as L
+import pytest
+import torch
+from conftest import N_TEST, N_TRAIN
+
+import zoo
+from datamodules.cifar10 import CIFAR10DataModule
+from zoo.tasks._optim import build_schedule, param_groups
+
+
+def small_dm(cifar_dir, **kw):
+    return CIFAR10DataModule(
+        data_dir=str(cifar_dir),
+        num_images=(N_TRAIN, N_TEST),
+        val_size=40,
+        num_workers=0,
+        batch_size=16,
+        eval_batch_size=20,
+        **kw,
+    )
+
+
+def test_hparams_are_json(tmp_path):
+    m = zoo.create_model("resnet20", label_smoothing=0.1, zero_init_residual=True)
+    json.dumps(dict(m.hparams))
+
+
+def test_no_weight_decay_on_norm_and_bias():
+    net = zoo.create_model("resnet20").net
+    decay, no_decay = param_groups(net, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    bn_and_bias = {id(p) for n, p in net.named_parameters() if "bn" in n or n.endswith("bias") or "stem.1" in n}
+    assert bn_and_bias == {id(p) for p in no_decay["params"]}
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle", "constant"])
+def test_schedules_warm_up_then_decay(name):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = build_schedule(opt, name, total_steps=100, warmup_steps=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < 0.05 and max(lrs) == pytest.approx(0.1, rel=1e-3)
+    assert lrs.index(max(lrs)) in range(8, 12)
+    if name == "constant":
+        assert lrs[-1] == pytest.approx(0.1)
+    else:
+        assert lrs[-1] < 0.01
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(optimizer="adam"), "optimizer must be one of"),
+        (dict(schedule="step"), "schedule must be one of"),
+        (dict(label_smoothing=1.0), "label_smoothing"),
+    ],
+)
+def test_bad_task_values(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        zoo.create_model("lenet5", **kw)
+
+
+def test_learns_the_fixture(cifar_dir):
+    """A few epochs on the learnable fixture beat chance: loss, metrics and optimiser are wired together."""
+    L.seed_everything(0)
+    model = zoo.create_model("lenet5", lr=3e-3, optimizer="adamw", schedule="constant")
+    dm = small_dm(cifar_dir, hflip=0.0, crop_padding=0)
+    trainer = L.Trainer(
+        max_epochs=15, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(model, dm)
+    assert trainer.callback_metrics["val_acc"] > 0.3  # chance is 0.1
+
+
+def test_bf16_mixed_step(cifar_dir):
+    model = zoo.create_model("resnet20", channels_last=True)
+    trainer = L.Trainer(
+        fast_dev_run=2, precision="bf16-mixed", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(model, small_dm(cifar_dir))
+    assert torch.isfinite(trainer.callback_metrics["train_loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "mixed precision keeps fp32 master weights"
+
+
+def test_ddp_spawn_two_cpu_processes(cifar_dir):
+    model = zoo.create_model("lenet5")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = L.Trainer(
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, small_dm(cifar_dir))
+    assert trainer.world_size == 2
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "the weights trained in the spawned processes come back to the main process"

@@ -1,0 +1,83 @@
+"""The ``zoo`` console script: ``zoo list``, ``zoo publish``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+import zoo
+from zoo._pretrained import read_manifest
+
+__all__ = ["main", "model_table"]
+
+
+def model_table() -> str:
+    """The README's model table, in Markdown, from the registry and the manifest (tested to be current)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    manifest = read_manifest()
+    rows = ["| model | params | MFLOPs (32x32) | published weights | test top-1 |", "|---|---:|---:|---|---:|"]
+    for name in zoo.list_models():
+        net = zoo.create_model(name).net.eval()
+        params = sum(p.numel() for p in net.parameters())
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(torch.zeros(1, 3, 32, 32))
+        mflops = counter.get_total_flops() / 2e6  # multiply-adds, the papers' convention
+        weights = [(k, v) for k, v in manifest.items() if v["model"] == name]
+        tags = ", ".join(f"`{k}`" for k, _ in weights) or "-"
+        acc = ", ".join(f"{100 * v['metrics']['test_acc']:.2f}%" for _, v in weights) or "-"
+        rows.append(f"| `{name}` | {params / 1e6:.3f}M | {mflops:.1f} | {tags} | {acc} |")
+    return "\n".join(rows)
+
+
+def _list(args: argparse.Namespace) -> int:
+    manifest = read_manifest()
+    table = Table("model", "task", "published weights")
+    from zoo._registry import get_entry
+
+    for name in zoo.list_models(args.pattern, pretrained=args.pretrained):
+        tags = ", ".join(k for k, v in manifest.items() if v["model"] == name)
+        table.add_row(name, get_entry(name).task.rsplit(".", 1)[-1], tags or "-")
+    Console().print(table)
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from zoo._publish import publish
+
+    entry = publish(args.checkpoint, args.tag, args.recipe, data_dir=args.data_dir)
+    m = entry["metrics"]
+    print(f"published {entry['model']}.{args.tag}: {entry['file']} sha256 {entry['sha256'][:12]}…")
+    print("  " + ", ".join(f"{k}={v:.4f}" for k, v in m.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zoo", description="lightning-zoo: models, weights and tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="registered models (glob PATTERN), with their published weights")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("--pretrained", action="store_true", help="only models with published weights")
+    p.set_defaults(fn=_list)
+    p = sub.add_parser("publish", help="turn a train.py checkpoint into published weights (measures the test metric)")
+    p.add_argument("checkpoint", help="a .ckpt written by train.py (e.g. runs/<name>/version_0/checkpoints/best.ckpt)")
+    p.add_argument("--tag", required=True, help="weights are named <model>.<tag>, e.g. cifar10")
+    p.add_argument("--recipe", required=True, help="the config that trained it, e.g. configs/resnet20.cifar10.yaml")
+    p.add_argument("--data-dir", default=None, help="dataset root (default: the one recorded, or $ZOO_DATA_DIR)")
+    p.set_defaults(fn=_publish)
+    p = sub.add_parser("table", help="print the README's model table (Markdown)")
+    p.set_defaults(fn=lambda a: print(model_table()) or 0)
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (zoo.PretrainedError, zoo.UnknownModelError, RuntimeError) as e:
+        print(f"zoo: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Turn a finished run's Lightning checkpoint into published weights: a safetensors file of the net and a
+manifest entry whose metrics are measured here, on the test split, never typed by hand."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from safetensors.torch import save_file
+
+import zoo
+from zoo._pretrained import checkpoint_dir, read_manifest, sha256_of
+
+__all__ = ["publish", "read_checkpoint", "CheckpointError"]
+
+
+class CheckpointError(RuntimeError):
+    """A ``.ckpt`` file is missing, corrupt, unsafe to load, or not from ``train.py``."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)``: nothing in the file is executed; a file that needs more is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (truncated zip, pickle refused by weights_only, ...)
+        raise CheckpointError(
+            f"{path} cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0]}). It is corrupt, truncated, "
+            "or holds Python objects that weights_only=True refuses; it is not loaded unsafely."
+        ) from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt.get("hyper_parameters", {}):
+        raise CheckpointError(f"{path} is not a lightning-zoo training checkpoint (no state_dict / model arch)")
+    return ckpt
+
+
+def _datamodule(ckpt: dict, data_dir: str | None) -> L.LightningDataModule:
+    hp = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    name = hp.pop("_class_path", None) or "datamodules.cifar10.CIFAR10DataModule"
+    module, _, cls = name.rpartition(".")
+    hp.pop("_instantiator", None)
+    if data_dir:
+        hp["data_dir"] = data_dir
+    return getattr(importlib.import_module(module), cls)(**{**hp, "num_workers": 0})
+
+
+def evaluate(model: L.LightningModule, dm: L.LightningDataModule, stage: str) -> dict[str, float]:
+    trainer = L.Trainer(
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    run = trainer.test if stage == "test" else trainer.validate
+    return {k: round(float(v), 6) for k, v in run(model, datamodule=dm, verbose=False)[0].items()}
+
+
+def publish(
+    ckpt_path: str | Path, tag: str, recipe: str, data_dir: str | None = None, out_dir: Path | None = None
+) -> dict:
+    """Write ``<arch>.<tag>.safetensors`` and its manifest entry; returns the entry."""
+    ckpt = read_checkpoint(ckpt_path)
+    hp = ckpt["hyper_parameters"]
+    arch = hp["arch"]
+    cls = zoo.task_class(arch)
+    kwargs = {k: v for k, v in hp.items() if not k.startswith("_") and k != "pretrained"}
+    model = cls(**kwargs)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    dm = _datamodule(ckpt, data_dir)
+    t0 = time.time()
+    val = evaluate(model, dm, "validate")
+    test = evaluate(model, dm, "test")
+    eval_s = time.time() - t0
+    out_dir = out_dir or checkpoint_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{arch}.{tag}"
+    file = out_dir / f"{name}.safetensors"
+    state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
+    save_file(state, str(file), metadata={"model": arch, "name": name})
+    record = ckpt.get("callbacks", {}).get("TrainingRecord", {})
+    net_kwargs = {"num_classes": hp.get("num_classes"), "in_chans": hp.get("in_chans"), **(hp.get("net_kwargs") or {})}
+    dm_hp = ckpt.get("datamodule_hyper_parameters") or {}
+    entry = {
+        "file": file.name,
+        "sha256": sha256_of(file),
+        "model": arch,
+        "model_kwargs": net_kwargs,
+        "params": sum(v.numel() for k, v in state.items() if "running_" not in k and "num_batches" not in k),
+        "dtype": "float32",
+        "classes": list(getattr(dm, "classes", [])),
+        "preprocessing": _preprocessing(dm),
+        "metrics": {
+            **{k: v for k, v in test.items() if k.startswith("test_")},
+            **{k: v for k, v in val.items() if k.startswith("val_")},
+        },
+        "evaluation": {
+            "test_split": "the dataset's official test split, measured once by `zoo publish`",
+            "val_split": f"{dm_hp.get('val_size', '?')} images held out of train (split_seed "
+            f"{dm_hp.get('split_seed', '?')}), used for model selection",
+            "checkpoint": {
+                "file": Path(ckpt_path).name,
+                "epoch": ckpt.get("epoch"),
+                "step": ckpt.get("global_step"),
+                "selected_on": f"{cls.monitor[0]} ({cls.monitor[1]})" if Path(ckpt_path).stem == "best" else "final",
+            },
+            "seeds": 1,
+            "command": f"zoo publish {ckpt_path} --tag {tag} --recipe {recipe}",
+            "eval_seconds": round(eval_s, 1),
+        },
+        "recipe": recipe,
+        "training": {
+            "wall_time_s": round(record.get("wall_time_s", 0.0), 1),
+            "steps": ckpt.get("global_step"),
+            "runs": record.get("runs", []),
+        },
+    }
+    manifest = read_manifest(out_dir)
+    manifest[name] = entry
+    (out_dir / "manifest.json").write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    return entry
+
+
+def _preprocessing(dm: L.LightningDataModule) -> dict:
+    from torchvision.transforms import v2
+
+    for t in getattr(dm.eval_transform(), "transforms", []) if hasattr(dm, "eval_transform") else []:
+        if isinstance(t, v2.Normalize):
+            return {"input_size": [3, 32, 32], "scale": "uint8 / 255", "mean": list(t.mean), "std": list(t.std)}
+    return {}

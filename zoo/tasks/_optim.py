@@ -1,0 +1,55 @@
+"""Optimisers and per-step learning-rate schedules shared by the tasks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle", "constant")
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights of convolutions/linears decay; norm parameters and biases (1-d tensors) do not."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(
+    module: nn.Module, name: str, lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
+    groups = param_groups(module, weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def build_schedule(
+    opt: torch.optim.Optimizer, name: str, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up from 0 over ``warmup_steps``, then cosine to 0 (``cosine``), a one-cycle (warm-up then
+    cosine annealing to lr/1e4, momentum cycled inversely; Smith & Topin 2018) or ``constant``."""
+    if name == "onecycle":
+        max_lrs = [g["lr"] for g in opt.param_groups]
+        pct = min(max(warmup_steps / max(total_steps, 1), 1e-3), 0.999)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lrs, total_steps=max(total_steps, 1), pct_start=pct)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if name == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
