@@ -78,14 +78,18 @@ def test_learns_the_fixture(cifar_dir):
     assert trainer.callback_metrics["val_acc"] > 0.3  # chance is 0.1
 
 
-def test_bf16_mixed_step(cifar_dir):
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"])
+def test_every_precision_trains_and_tests(cifar_dir, precision):
     model = zoo.create_model("resnet20", channels_last=True)
     trainer = L.Trainer(
-        fast_dev_run=2, precision="bf16-mixed", logger=False, enable_progress_bar=False, enable_model_summary=False
+        fast_dev_run=1, precision=precision, logger=False, enable_progress_bar=False, enable_model_summary=False
     )
     trainer.fit(model, small_dm(cifar_dir))
     assert torch.isfinite(trainer.callback_metrics["train_loss"])
-    assert all(p.dtype == torch.float32 for p in model.parameters()), "mixed precision keeps fp32 master weights"
+    if precision.endswith("mixed"):
+        assert all(p.dtype == torch.float32 for p in model.parameters()), "mixed precision keeps fp32 weights"
+    trainer.test(model, small_dm(cifar_dir), verbose=False)
+    assert torch.isfinite(trainer.callback_metrics["test_loss"])
 
 
 def test_ddp_spawn_two_cpu_processes(cifar_dir):

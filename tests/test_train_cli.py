@@ -132,7 +132,7 @@ def test_missing_dataset_offline(tmp_path):
     assert res.returncode != 0 and "CIFAR-10 not found" in res.stderr and "nodata/cifar10" in res.stderr
 
 
-def test_fit_resume_last_and_test(cifar_dir, tmp_path):
+def test_fit_resume_last_test_predict(cifar_dir, tmp_path):
     base = [
         "--model",
         "lenet5",
@@ -163,6 +163,9 @@ def test_fit_resume_last_and_test(cifar_dir, tmp_path):
 
     res = ok(run_train(["test", *base, "--ckpt_path", "best"], tmp_path))
     assert "test_acc" in res.stdout
+    ok(run_train(["predict", *base, "--ckpt_path", "best"], tmp_path))
+    probs = torch.load(run_dir.parent / "version_1" / "predictions.pt")  # the newest run's best.ckpt
+    assert probs.shape == (40, 10) and torch.allclose(probs.sum(1), torch.ones(40))
 
 
 def test_sigterm_saves_and_resumes(cifar_dir, tmp_path):
@@ -237,3 +240,25 @@ def test_wandb_offline_run_is_written(cifar_dir, tmp_path):
     runs = list((tmp_path / "runs" / "lenet5-cifar10" / "version_0" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb")), "the offline run holds its record file"
+
+
+def test_bf16_on_an_avx2_only_cpu(cifar_dir, tmp_path):
+    """oneDNN limited to AVX2 (no native bf16), as on many CPUs: bf16-mixed must still train."""
+    ok(
+        run_train(
+            [
+                "fit",
+                "--model",
+                "resnet20",
+                "--data",
+                "cifar10",
+                "--trainer.precision",
+                "bf16-mixed",
+                "--trainer.fast_dev_run",
+                "2",
+                *fixture_args(cifar_dir),
+            ],
+            tmp_path,
+            env={"ONEDNN_MAX_CPU_ISA": "AVX2"},
+        )
+    )

@@ -1,4 +1,4 @@
-"""The ``zoo`` console script: ``zoo list``, ``zoo publish``."""
+"""The ``zoo`` console script: ``zoo list``, ``zoo publish``, ``zoo readme``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.table import Table
 import zoo
 from zoo._pretrained import read_manifest
 
-__all__ = ["main", "model_table"]
+__all__ = ["main", "model_table", "weights_table", "render_readme"]
 
 
 def model_table() -> str:
@@ -32,6 +32,32 @@ def model_table() -> str:
         acc = ", ".join(f"{100 * v['metrics']['test_acc']:.2f}%" for _, v in weights) or "-"
         rows.append(f"| `{name}` | {params / 1e6:.3f}M | {mflops:.1f} | {tags} | {acc} |")
     return "\n".join(rows)
+
+
+def weights_table() -> str:
+    """The README's table of published weights, from the manifest."""
+    rows = ["| weights | test top-1 | val top-1 | recipe | training |", "|---|---:|---:|---|---|"]
+    for name, e in read_manifest().items():
+        t = e["training"]
+        hw = "; ".join(sorted({f"{r['hardware']}, {r['precision']}" for r in t.get("runs", [])}))
+        rows.append(
+            f"| `{name}` | {100 * e['metrics']['test_acc']:.2f}% | {100 * e['metrics']['val_acc']:.2f}% "
+            f"| [`{e['recipe']}`]({e['recipe']}) | {t['wall_time_s'] / 60:.0f} min, {t['steps']} steps on {hw} |"
+        )
+    return "\n".join(rows)
+
+
+GENERATED = {"model-table": model_table, "weights-table": weights_table}
+
+
+def render_readme(text: str) -> str:
+    """``text`` with every generated block (between ``<!-- X:start -->`` and ``<!-- X:end -->``) made current."""
+    for key, fn in GENERATED.items():
+        start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+        if start in text:
+            head, rest = text.split(start, 1)
+            text = f"{head}{start}\n{fn()}\n{end}{rest.split(end, 1)[1]}"
+    return text
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -56,6 +82,15 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _readme(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    path = Path(args.path)
+    path.write_text(render_readme(path.read_text()))
+    print(f"updated {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zoo", description="lightning-zoo: models, weights and tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", required=True, help="the config that trained it, e.g. configs/resnet20.cifar10.yaml")
     p.add_argument("--data-dir", default=None, help="dataset root (default: the one recorded, or $ZOO_DATA_DIR)")
     p.set_defaults(fn=_publish)
-    p = sub.add_parser("table", help="print the README's model table (Markdown)")
-    p.set_defaults(fn=lambda a: print(model_table()) or 0)
+    p = sub.add_parser("readme", help="regenerate the README's model and weights tables from registry and manifest")
+    p.add_argument("path", nargs="?", default="README.md")
+    p.set_defaults(fn=_readme)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

@@ -33,9 +33,11 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+import datamodules.cifar10  # noqa: F401  (short class names: --data CIFAR10DataModule)
+import zoo.tasks  # noqa: F401  (short class names: --model ImageClassifier)
 from datamodules import DATAMODULES
 from zoo._registry import UnknownModelError, get_entry
-from zoo.callbacks import TrainingRecord
+from zoo.callbacks import PredictionSaver, TrainingRecord
 
 __all__ = ["ZooCLI", "main", "rewrite_argv", "resolve_checkpoint"]
 
@@ -172,6 +174,8 @@ class ZooCLI(LightningCLI):
 
     def _default_callbacks(self, logger) -> list[Callback]:
         bar = RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=50)
+        if self.subcommand == "predict":
+            return [bar, PredictionSaver(str(self.run_dir))]
         if self.subcommand != "fit":
             return [bar]
         ckpt_dir = self.run_dir / "checkpoints"
@@ -196,6 +200,8 @@ class ZooCLI(LightningCLI):
                 lines.append(f"best checkpoint: {cb.best_model_path} ({cb.monitor}={float(cb.best_model_score):.4f})")
             if cb.last_model_path:
                 lines.append(f"last checkpoint: {cb.last_model_path}")
+        for saver in (c for c in self.trainer.callbacks if isinstance(c, PredictionSaver) and c.path):
+            lines.append(f"predictions: {saver.path}")
         for logger in self.trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 mode = os.environ.get("WANDB_MODE", "online")
