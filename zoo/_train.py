@@ -141,8 +141,9 @@ class ZooCLI(LightningCLI):
     def _run_dir(self, base: Path, ckpt: str | None) -> Path:
         if os.environ.get(RUN_DIR_ENV):
             return Path(os.environ[RUN_DIR_ENV])
-        if ckpt and Path(ckpt).parent.name == "checkpoints" and Path(ckpt).parent.parent.parent == base:
-            return Path(ckpt).parent.parent  # continue in the folder of the run being resumed
+        run = Path(ckpt).resolve().parent.parent if ckpt else None
+        if run and run.parent == base.resolve() and Path(ckpt).parent.name == "checkpoints":
+            return run  # continue in the folder of the run being resumed
         versions = _versions(base)
         n = int(versions[-1].name[8:]) + 1 if versions else 0
         return base / f"version_{n}"
