@@ -1,4 +1,5 @@
-"""LightningDataModules. Each takes ``data_dir`` (default: ``$ZOO_DATA_DIR``, else ``~/.cache/zoo/data``)."""
+"""LightningDataModules. Each takes ``data_dir`` (default: ``$ZOO_DATA_DIR``, else ``~/.cache/zoo/data``), except
+``images``: the user's own folder, ``root``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pathlib import Path
 __all__ = ["DATAMODULES", "default_data_dir", "DatasetError"]
 
 # Short names accepted by ``train.py --data NAME``.
-DATAMODULES = {"cifar10": "datamodules.cifar10.CIFAR10DataModule"}
+DATAMODULES = {
+    "cifar10": "datamodules.cifar10.CIFAR10DataModule",
+    "images": "datamodules.images.ImageFolderDataModule",
+}
 
 
 class DatasetError(RuntimeError):

@@ -29,8 +29,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from datamodules import DatasetError, default_data_dir
+from datamodules._augment import AUGMENT_ARGS, Cutout, augmentation, check_augmentation, normalisation
 
-__all__ = ["CIFAR10DataModule", "load_cifar10", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_CLASSES"]
+__all__ = ["CIFAR10DataModule", "load_cifar10", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_CLASSES", "Cutout"]
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -133,23 +134,6 @@ def load_cifar10(path: Path, num_images: tuple[int, int] = (50_000, 10_000)) -> 
     return out
 
 
-class Cutout(torch.nn.Module):
-    """Zero a ``size`` x ``size`` square at a uniformly random centre, clipped at the border (DeVries & Taylor 2017)."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        h, w = img.shape[-2:]
-        cy, cx = torch.randint(h, ()).item(), torch.randint(w, ()).item()
-        y0, y1 = max(cy - self.size // 2, 0), min(cy + (self.size + 1) // 2, h)
-        x0, x1 = max(cx - self.size // 2, 0), min(cx + (self.size + 1) // 2, w)
-        img = img.clone()
-        img[..., y0:y1, x0:x1] = 0
-        return img
-
-
 class TensorImages(Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
         self.images, self.labels, self.transform = images, labels, transform
@@ -200,15 +184,18 @@ class CIFAR10DataModule(L.LightningDataModule):
         num_images: tuple[int, int] = (50_000, 10_000),
     ) -> None:
         super().__init__()
-        for name, p in (("hflip", hflip), ("vflip", vflip)):
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} is a probability in [0, 1], got {p}")
-        if min(crop_padding, cutout, rotation, noise_std, batch_size - 1, num_workers) < 0:
-            raise ValueError("crop_padding, cutout, rotation, noise_std, num_workers must be >= 0, batch_size >= 1")
-        if padding_mode not in ("constant", "reflect", "edge", "symmetric"):
-            raise ValueError(f"padding_mode must be constant, reflect, edge or symmetric, got {padding_mode!r}")
-        if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1]):
-            raise ValueError(f"scale is a range [min, max] with 0 < min <= max, got {scale}")
+        check_augmentation(
+            hflip=hflip,
+            vflip=vflip,
+            crop_padding=crop_padding,
+            padding_mode=padding_mode,
+            rotation=rotation,
+            scale=scale,
+            noise_std=noise_std,
+            cutout=cutout,
+            batch_size=batch_size,
+            num_workers=num_workers,
+        )
         if not 0 < val_size < num_images[0]:
             raise ValueError(f"val_size must be between 1 and {num_images[0] - 1}, got {val_size}")
         self.save_hyperparameters()
@@ -240,26 +227,11 @@ class CIFAR10DataModule(L.LightningDataModule):
     # -- transforms ----------------------------------------------------------------------------------------
     def train_transform(self) -> v2.Compose:
         h = self.hparams
-        ops: list = []
-        if h.crop_padding:
-            ops.append(v2.RandomCrop(32, padding=h.crop_padding, padding_mode=h.padding_mode))
-        if h.hflip:
-            ops.append(v2.RandomHorizontalFlip(h.hflip))
-        if h.vflip:
-            ops.append(v2.RandomVerticalFlip(h.vflip))
-        if h.rotation or h.scale:
-            ops.append(v2.RandomAffine(degrees=h.rotation, scale=tuple(h.scale) if h.scale else None))
-        ops.append(v2.ToDtype(torch.float32, scale=True))
-        if h.noise_std:
-            ops.append(v2.GaussianNoise(sigma=h.noise_std, clip=True))
-        ops.append(v2.Normalize(CIFAR10_MEAN, CIFAR10_STD))
-        if h.cutout:
-            ops.append(Cutout(h.cutout))
-        return v2.Compose(ops)
+        return augmentation(**{k: h[k] for k in AUGMENT_ARGS}, size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
     @staticmethod
     def eval_transform() -> v2.Compose:
-        return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+        return normalisation(CIFAR10_MEAN, CIFAR10_STD)
 
     # -- splits --------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

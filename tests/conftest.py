@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -67,6 +68,25 @@ def write_cifar(
     folder.mkdir(parents=True, exist_ok=True)
     for name, raw in members.items():
         (folder / name).write_bytes(raw)
+    return folder
+
+
+IMAGE_CLASSES = ["cat", "dog", "owl"]
+N_IMAGES = 8  # images per class: 6 train / 1 val / 1 test with the default fractions
+
+
+def write_images(folder: Path, classes=IMAGE_CLASSES, n: int = N_IMAGES, seed: int = 0) -> Path:
+    """``folder/<class>/`` with ``n`` tiny images each: sizes vary, PNG and JPEG, every third one grayscale."""
+    rng = np.random.default_rng(seed)
+    for y, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            h, w = 10 + 3 * i, 14 + 2 * (i % 3)
+            px = (rng.integers(0, 60, (h, w, 3)) + 80 * y).clip(0, 255).astype(np.uint8)
+            img = Image.fromarray(px)
+            if i % 3 == 0:
+                img = img.convert("L")
+            img.save(folder / name / f"{name}{i}.{'png' if i % 2 else 'jpg'}")
     return folder
 
 

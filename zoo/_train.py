@@ -169,23 +169,26 @@ class ZooCLI(LightningCLI):
             logger = _wandb_logger(self.run_dir, f"{base.name}/{self.run_dir.name}", resume=ckpt is not None)
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-        callbacks += [cb for cb in self._default_callbacks(logger) if not any(type(c) is type(cb) for c in callbacks)]
+        defaults = self._default_callbacks(logger, progress_bar=trainer_cfg.get("enable_progress_bar") is not False)
+        callbacks += [cb for cb in defaults if not any(type(c) is type(cb) for c in callbacks)]
         self.trainer = super().instantiate_trainer(logger=logger, callbacks=callbacks, **kwargs)
         return self.trainer
 
-    def _default_callbacks(self, logger) -> list[Callback]:
-        bar = RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=50)
+    def _default_callbacks(self, logger, progress_bar: bool) -> list[Callback]:
+        bars: list[Callback] = []
+        if progress_bar:
+            bars.append(RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=50))
         if self.subcommand == "predict":
-            return [bar, PredictionSaver(str(self.run_dir))]
+            return [*bars, PredictionSaver(str(self.run_dir))]
         if self.subcommand != "fit":
-            return [bar]
+            return bars
         ckpt_dir = self.run_dir / "checkpoints"
         metric, mode = getattr(self.model, "monitor", ("val_loss", "min"))
         cbs: list[Callback] = [
             ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=metric, mode=mode, save_last=True),
             OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
             TrainingRecord(),
-            bar,
+            *bars,
         ]
         if logger:
             cbs.append(LearningRateMonitor(logging_interval="epoch"))

@@ -9,6 +9,8 @@ Adapted to CIFAR-10 as follows (layer sizes otherwise as in the paper, Fig. 2):
 - S2 and S4 are 2x2 max-pooling instead of trainable average subsampling (coefficient + bias + sigmoid).
 - C3 connects every S2 map to every C3 map (the paper's Table I connects each C3 map to a subset).
 - C5 is a 5x5 convolution over the 5x5 S4 maps, i.e. a fully connected layer 400 -> 120, as in the paper.
+  Inputs larger than 32x32 are average-pooled to 5x5 maps before C5 (adaptive pooling, a no-op at 32x32), so
+  the net runs at any size >= 32x32, though LeNet-5 is meant for small images.
 - The output layer is a linear layer with softmax cross-entropy, not Euclidean RBF units.
 
 With 3 input channels and 10 classes the net has 62,006 parameters (the 1998 net: ~60k).
@@ -20,11 +22,12 @@ import torch
 import torch.nn as nn
 
 from zoo._registry import register_model
+from zoo.nets._base import ClassifierNet
 
 __all__ = ["LeNet5", "lenet5"]
 
 
-class LeNet5(nn.Module):
+class LeNet5(ClassifierNet):
     def __init__(self, *, num_classes: int = 10, in_chans: int = 3) -> None:
         super().__init__()
         self.num_classes, self.in_chans = num_classes, in_chans
@@ -35,7 +38,8 @@ class LeNet5(nn.Module):
             nn.Conv2d(6, 16, 5),  # C3: (B, 16, 10, 10)
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),  # S4: (B, 16, 5, 5)
-            nn.Flatten(),
+            # (B, 400); the adaptive pool is a no-op at 32x32 and gives 5x5 maps from larger inputs
+            nn.Sequential(nn.AdaptiveAvgPool2d(5), nn.Flatten()),
             nn.Linear(16 * 5 * 5, 120),  # C5
             nn.ReLU(inplace=True),
             nn.Linear(120, 84),  # F6
@@ -44,16 +48,9 @@ class LeNet5(nn.Module):
         self.head = nn.Linear(84, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (32, 32):
-            raise ValueError(f"LeNet-5 takes 32x32 inputs, got {tuple(x.shape[-2:])}; resize the images first")
+        if min(x.shape[-2:]) < 32:
+            raise ValueError(f"LeNet-5 takes inputs of at least 32x32, got {tuple(x.shape[-2:])}; resize the images")
         return self.features(x)  # (B, 84)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))  # (B, num_classes)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.head.in_features, num_classes)
 
 
 @register_model(task="image")

@@ -75,6 +75,25 @@ class ImageClassifier(L.LightningModule):
             MulticlassAccuracy(num_classes, top_k=k5, average="micro"),
         )
 
+    def setup(self, stage: str) -> None:
+        """Refuse data the net cannot fit: another number of classes or of image channels than it was built for.
+        (The DataModule's ``setup`` has run; any DataModule with ``classes`` / ``hparams.channels`` is checked.)"""
+        dm = getattr(self.trainer, "datamodule", None)
+        classes = getattr(dm, "classes", None)
+        if classes and len(classes) != self.hparams.num_classes:
+            shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
+            raise ValueError(
+                f"the data has {len(classes)} classes ({shown}) but the model was built for "
+                f"{self.hparams.num_classes}: pass --model.num_classes {len(classes)} (with pretrained weights the "
+                "classifier is then reset)"
+            )
+        channels = getattr(dm, "hparams", {}).get("channels")
+        if channels is not None and channels != self.hparams.in_chans:
+            raise ValueError(
+                f"the data gives {channels}-channel images but the model takes in_chans={self.hparams.in_chans}: "
+                f"pass --data.channels {self.hparams.in_chans} (images are converted) or --model.in_chans {channels}"
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,104 @@
+"""Image augmentation shared by the image DataModules (CIFAR-10, the user's own images).
+
+One place builds the ``torchvision.transforms.v2`` pipeline from the same flags, so ``--data.hflip 0.5`` means the
+same on every image DataModule, and one place validates those flags with the same messages. Inputs are uint8
+tensors (C, H, W) already at the training size; outputs are normalised float32. Cutout (DeVries & Taylor 2017) runs
+after normalisation, so the patch is the mean colour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+__all__ = ["AUGMENT_ARGS", "Cutout", "augmentation", "check_augmentation", "normalisation", "PADDING_MODES"]
+
+PADDING_MODES = ("constant", "reflect", "edge", "symmetric")
+# The DataModule arguments that ``augmentation`` takes, under the same names: ``{k: hparams[k] for k in ...}``.
+AUGMENT_ARGS = ("hflip", "vflip", "crop_padding", "padding_mode", "rotation", "scale", "noise_std", "cutout")
+
+
+class Cutout(torch.nn.Module):
+    """Zero a ``size`` x ``size`` square at a uniformly random centre, clipped at the border (DeVries & Taylor 2017)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        cy, cx = torch.randint(h, ()).item(), torch.randint(w, ()).item()
+        y0, y1 = max(cy - self.size // 2, 0), min(cy + (self.size + 1) // 2, h)
+        x0, x1 = max(cx - self.size // 2, 0), min(cx + (self.size + 1) // 2, w)
+        img = img.clone()
+        img[..., y0:y1, x0:x1] = 0
+        return img
+
+
+def check_augmentation(
+    *,
+    hflip: float,
+    vflip: float,
+    crop_padding: int,
+    padding_mode: str,
+    rotation: float,
+    scale: Sequence[float] | None,
+    noise_std: float,
+    cutout: int,
+    batch_size: int,
+    num_workers: int,
+) -> None:
+    """Raise ValueError, naming the allowed values, for flags the pipeline (or a DataLoader) would reject later."""
+    for name, p in (("hflip", hflip), ("vflip", vflip)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} is a probability in [0, 1], got {p}")
+    if min(crop_padding, cutout, rotation, noise_std, batch_size - 1, num_workers) < 0:
+        raise ValueError("crop_padding, cutout, rotation, noise_std, num_workers must be >= 0, batch_size >= 1")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be constant, reflect, edge or symmetric, got {padding_mode!r}")
+    if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1]):
+        raise ValueError(f"scale is a range [min, max] with 0 < min <= max, got {scale}")
+
+
+def normalisation(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """uint8 -> float in [0, 1] -> per-channel standardised: the whole eval-time pipeline at the training size."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+def augmentation(
+    *,
+    hflip: float,
+    vflip: float,
+    crop_padding: int,
+    padding_mode: str,
+    rotation: float,
+    scale: Sequence[float] | None,
+    noise_std: float,
+    cutout: int,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> v2.Compose:
+    """The training pipeline on uint8 ``size`` x ``size`` images; a flag at 0 (or None) leaves its transform out.
+
+    Geometric transforms run on uint8 (cheaper, and exact for flips and crops), noise on [0, 1] pixels so
+    ``noise_std`` does not depend on the dataset's statistics, Cutout last so the patch is the mean colour.
+    """
+    ops: list = []
+    if crop_padding:
+        ops.append(v2.RandomCrop(size, padding=crop_padding, padding_mode=padding_mode))
+    if hflip:
+        ops.append(v2.RandomHorizontalFlip(hflip))
+    if vflip:
+        ops.append(v2.RandomVerticalFlip(vflip))
+    if rotation or scale:
+        ops.append(v2.RandomAffine(degrees=rotation, scale=tuple(scale) if scale else None))
+    ops.append(v2.ToDtype(torch.float32, scale=True))
+    if noise_std:
+        ops.append(v2.GaussianNoise(sigma=noise_std, clip=True))
+    ops.append(v2.Normalize(list(mean), list(std)))
+    if cutout:
+        ops.append(Cutout(cutout))
+    return v2.Compose(ops)

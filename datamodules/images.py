@@ -1,0 +1,416 @@
+"""Bring-your-own images: fine-tune any zoo CNN on a folder of class folders (``--data images --data.root PATH``).
+
+Layouts (class names are the sorted folder names of the train split):
+
+- ``root/<class>/*.jpg`` (also .jpeg .png .bmp .webp, in subfolders too): one pool, split per class into
+  train/val/test by a seeded permutation (stratified, so every split keeps the class balance, and the same
+  ``split_seed`` gives the same split on every run and every DDP rank);
+- ``root/train/<class>/``, optionally ``root/val/`` (or ``valid/``) and ``root/test/``: the user's own splits;
+  a missing val or test split is carved out of train the same way.
+
+Files are only listed and checked at ``setup``; pixels are decoded in ``__getitem__`` (in the loader workers), so a
+folder larger than memory works. Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``, ``__MACOSX``) and
+other extensions (``notes.txt``) are ignored silently.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from datamodules import DatasetError
+from datamodules._augment import AUGMENT_ARGS, augmentation, check_augmentation, normalisation
+
+__all__ = ["ImageFolderDataModule", "ImageFiles", "IMAGE_EXTENSIONS", "find_splits", "scan_classes", "stratified_split"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+LAYOUT = "root/<class>/*.jpg (or root/train/<class>/*.jpg with optional root/val/ and root/test/)"
+STATS_IMAGES = 2000  # enough for mean/std to ~3 decimals; bounded so setup stays quick on a large folder
+BAD_FILES = ("skip", "error")
+SHOW_FILES = 5  # bad files named in a message; the rest are counted
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name.startswith("__")
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name))
+
+
+def _image_files(folder: Path) -> tuple[list[Path], int]:
+    """Image files under ``folder`` (recursive, sorted, hidden parts skipped) and the number of other files."""
+    images, others = [], 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not _hidden(d)]  # pruned in place: os.walk does not descend
+        for name in filenames:
+            if _hidden(name):
+                continue
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                images.append(Path(dirpath) / name)
+            else:
+                others += 1
+    return sorted(images), others
+
+
+def find_splits(root: Path) -> dict[str, Path]:
+    """``{"train": ..., "val": ..., "test": ...}`` (those present) for the split layout; ``{"pool": root}`` else."""
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} does not exist (or is not a folder); expected {LAYOUT}")
+    dirs = {p.name: p for p in _subdirs(root)}
+    if "train" not in dirs:
+        return {"pool": root}
+    found: dict[str, Path] = {}
+    for split, names in SPLIT_NAMES.items():
+        hits = [n for n in names if n in dirs]
+        if len(hits) > 1:
+            raise DatasetError(f"{root} has {' and '.join(h + '/' for h in hits)}: keep one {split} folder")
+        if hits:
+            found[split] = dirs[hits[0]]
+    other = sorted(set(dirs) - {p.name for p in found.values()})
+    if other:
+        raise DatasetError(
+            f"{root} has train/ next to {', '.join(o + '/' for o in other)}: put every class folder under train/ "
+            f"(and val/, test/), or rename train/ if it is a class; expected {LAYOUT}"
+        )
+    return found
+
+
+def scan_classes(folder: Path) -> dict[str, list[Path]]:
+    """Class name -> sorted image files; a folder without class folders, or a class without images, is an error."""
+    classes = _subdirs(folder)
+    if not classes:
+        files = sorted(p.name for p in folder.iterdir() if not _hidden(p.name))
+        found = f"{len(files)} files ({', '.join(files[:SHOW_FILES])}{', ...' if len(files) > SHOW_FILES else ''})"
+        raise DatasetError(
+            f"{folder} holds no class folders, only {found if files else 'nothing'}; expected {LAYOUT}, "
+            "one folder per class"
+        )
+    out, empty = {}, []
+    for c in classes:
+        out[c.name], others = _image_files(c)
+        if not out[c.name]:
+            empty.append(f"{c.name}/ ({others} other files)" if others else f"{c.name}/ (empty)")
+    if empty:
+        raise DatasetError(f"{folder}: class folders without images ({' '.join(IMAGE_EXTENSIONS)}): {', '.join(empty)}")
+    return out
+
+
+def _check_image(path: Path) -> str | None:
+    """None if PIL can parse the file; else why not. ``verify`` reads the structure without decoding pixels."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # noqa: BLE001 (PIL raises OSError, SyntaxError, struct.error, ... for broken files)
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def stratified_split(
+    per_class: Sequence[list[Path]], fractions: dict[str, float], seed: int
+) -> dict[str, list[tuple[Path, int]]]:
+    """Split each class's files by a seeded permutation into ``train`` and the splits in ``fractions``.
+
+    Each split gets round(n * fraction) of a class's n images, but train always keeps at least one, so a class
+    too small for every split appears in train only (val first gets what is left, then test).
+    """
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, list[tuple[Path, int]]] = {"train": [], **{s: [] for s in fractions}}
+    for label, files in enumerate(per_class):
+        n = len(files)
+        perm = torch.randperm(n, generator=g).tolist()
+        start = 0
+        for split, fraction in fractions.items():
+            k = min(int(n * fraction + 0.5), n - 1 - start)
+            out[split] += [(files[i], label) for i in perm[start : start + k]]
+            start += k
+        out["train"] += [(files[i], label) for i in perm[start:]]
+    return out
+
+
+class ImageFiles(Dataset):
+    """(path, label) pairs decoded on access: EXIF orientation applied, converted to ``mode``, uint8 (C, H, W).
+
+    ``Image.verify`` at setup does not decode pixels, so a truncated JPEG can still fail here; with ``skip_bad``
+    it is replaced by the next image (with a warning) rather than ending the run.
+    """
+
+    def __init__(
+        self, samples: list[tuple[Path, int]], mode: str, size: int, transform: Callable, skip_bad: bool = False
+    ) -> None:
+        self.samples, self.mode, self.size, self.transform, self.skip_bad = samples, mode, size, transform, skip_bad
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> torch.Tensor:
+        path = self.samples[i][0]
+        try:
+            with Image.open(path) as im:
+                im.draft(self.mode, (self.size, self.size))  # JPEG: decode at 1/2..1/8 scale, still >= size
+                im = ImageOps.exif_transpose(im)  # phone photos store rotation in EXIF, not in the pixels
+                if im.mode == "P" and "transparency" in im.info:  # PIL warns on P -> RGB with transparency
+                    im = im.convert("RGBA")
+                if im.mode.startswith("I"):  # 16/32-bit (PNG, TIFF-like): PIL's convert would clip to white
+                    im = Image.fromarray((np.asarray(im, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8))
+                im = im.convert(self.mode)
+        except Exception as e:  # noqa: BLE001
+            raise DatasetError(
+                f"{path} passed the check at setup but cannot be decoded ({type(e).__name__}: {e})"
+            ) from e
+        return F.pil_to_tensor(im)  # (C, H, W) uint8
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        for j in range(len(self)):
+            k = (i + j) % len(self)
+            try:
+                return self.transform(self.load(k)), self.samples[k][1]
+            except DatasetError as e:
+                if not self.skip_bad:
+                    raise DatasetError(f"{e}; delete or replace it, or pass --data.bad_files skip") from e
+                warnings.warn(f"{e}; using the next image in its place", stacklevel=2)
+        raise DatasetError(f"none of the {len(self)} images of this split can be decoded")
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """The user's own labelled images, resized to ``image_size`` squares, with the CIFAR-10 DataModule's augmentation.
+
+    Every image is resized (shorter side to ``image_size``) and centre-cropped to ``image_size`` x ``image_size``;
+    train images then go through the augmentation. Images are converted to RGB when ``channels=3`` and to
+    grayscale (L) when ``channels=1``, so grayscale files work with a 3-channel model and colour files with a
+    1-channel one; transparency is dropped.
+
+    Every file is checked with PIL at ``setup`` (``Image.verify``: the structure, without decoding pixels) because a
+    broken file met in a loader worker would kill a long run hours in, or the final test. ``bad_files="skip"`` drops
+    them with one warning that counts them (and replaces a file that still fails to decode, e.g. a truncated JPEG,
+    by the next one, with a warning); ``"error"`` stops instead. A class too small for every split keeps at least
+    one image in train and is missing from val and/or test, with a warning.
+
+    Args:
+        root: the folder of class folders (see the module docstring for both layouts).
+        image_size: side of the square images fed to the model (>= 8).
+        channels: 3 (RGB) or 1 (grayscale); must match the model's ``in_chans``.
+        val_fraction, test_fraction: share of each class held out for validation / test when the folder has no
+            such split; each in [0, 1), together < 1. 0 leaves that split empty.
+        split_seed: seed of the per-class permutation (fixed so val and test stay unseen across runs) and of the
+            images drawn for the statistics.
+        hflip, vflip, crop_padding, padding_mode, rotation, scale, noise_std, cutout: as in CIFAR10DataModule.
+        mean, std: per-channel normalisation; None computes them on up to 2,000 train images at ``setup``, logs
+            them and stores them in the hyperparameters (so a checkpoint replays them exactly). Pass a pretrained
+            model's values to keep its input distribution when fine-tuning.
+        bad_files: ``"skip"`` (drop unreadable files with a warning) or ``"error"``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 32,
+        channels: int = 3,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 2,
+        hflip: float = 0.5,
+        vflip: float = 0.0,
+        crop_padding: int = 4,
+        padding_mode: str = "constant",
+        rotation: float = 0.0,
+        scale: tuple[float, float] | None = None,
+        noise_std: float = 0.0,
+        cutout: int = 0,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        bad_files: str = "skip",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # first, so the shared check reads the augmentation flags by name
+        check_augmentation(**{k: self.hparams[k] for k in (*AUGMENT_ARGS, "batch_size", "num_workers")})
+        for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= f < 1.0:
+                raise ValueError(f"{name} is a share of each class in [0, 1), got {f}")
+        if val_fraction + test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1 to leave train images, got {val_fraction} + {test_fraction}"
+            )
+        if image_size < 8:
+            raise ValueError(f"image_size must be >= 8 pixels, got {image_size}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+        if bad_files not in BAD_FILES:
+            raise ValueError(f"bad_files must be 'skip' or 'error', got {bad_files!r}")
+        if eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither (None: computed from the train split)")
+        for name, v in (("mean", mean), ("std", std)):
+            if v is not None and len(v) != channels:
+                raise ValueError(f"{name} needs one value per channel ({channels}), got {list(v)}")
+        if std is not None and min(std) <= 0:
+            raise ValueError(f"std values must be > 0, got {list(std)}")
+        self.root = Path(root).expanduser()
+        self.mode = "RGB" if channels == 3 else "L"
+        self._classes: list[str] | None = None
+        self._splits: dict[str, list[tuple[Path, int]]] | None = None
+        self.train_set = self.val_set = self.test_set = None
+
+    # -- classes and files ---------------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        """Sorted class folder names of the train split; only lists folders, so it is cheap before ``setup``."""
+        if self._classes is None:
+            folders = find_splits(self.root)
+            self._classes = [p.name for p in _subdirs(folders.get("train", folders.get("pool")))]
+        return self._classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _index(self) -> dict[str, list[tuple[Path, int]]]:
+        """List, check and split every file once (all splits: a bad test file would otherwise end a run late)."""
+        if self._splits is not None:
+            return self._splits
+        folders = find_splits(self.root)
+        scanned = {split: scan_classes(folder) for split, folder in folders.items()}
+        main = "pool" if "pool" in scanned else "train"
+        classes = sorted(scanned[main])
+        for split, per_class in scanned.items():
+            extra, missing = sorted(set(per_class) - set(classes)), sorted(set(classes) - set(per_class))
+            if extra or missing:
+                raise DatasetError(
+                    f"{folders[split]} has other class folders than {folders[main]}: "
+                    f"extra {extra or 'none'}, missing {missing or 'none'}; every split needs the same classes"
+                )
+        scanned = self._drop_bad(scanned)
+        h = self.hparams
+        carve = {s: f for s, f in (("val", h.val_fraction), ("test", h.test_fraction)) if s not in scanned}
+        splits = stratified_split([scanned[main][c] for c in classes], carve, h.split_seed)
+        for split in ("val", "test"):
+            if split in scanned:
+                splits[split] = [(p, y) for y, c in enumerate(classes) for p in scanned[split][c]]
+        lacking = {s: set(range(len(classes))) - {y for _, y in splits[s]} for s, f in carve.items() if f > 0}
+        if any(lacking.values()):
+            rank_zero_warn(
+                "some classes have too few images for every held-out split (train keeps at least one of each): "
+                + "; ".join(
+                    f"not in {s}: {', '.join(classes[y] for y in sorted(ys))}" for s, ys in lacking.items() if ys
+                )
+            )
+        self._classes, self._splits = classes, splits
+        return splits
+
+    def _drop_bad(self, scanned: dict[str, dict[str, list[Path]]]) -> dict[str, dict[str, list[Path]]]:
+        files = [p for per_class in scanned.values() for ps in per_class.values() for p in ps]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # mostly I/O: threads overlap it
+            bad = {p: why for p, why in zip(files, pool.map(_check_image, files)) if why is not None}
+        if not bad:
+            return scanned
+        named = "; ".join(f"{p.relative_to(self.root)} ({why})" for p, why in list(bad.items())[:SHOW_FILES])
+        more = f" and {len(bad) - SHOW_FILES} more" if len(bad) > SHOW_FILES else ""
+        if self.hparams.bad_files == "error":
+            raise DatasetError(
+                f"{len(bad)} of {len(files)} files under {self.root} are not readable images: {named}{more}. "
+                "Delete or replace them, or pass --data.bad_files skip to leave them out with a warning"
+            )
+        rank_zero_warn(
+            f"skipped {len(bad)} of {len(files)} image files under {self.root} that PIL cannot read: {named}{more}"
+        )
+        out = {s: {c: [p for p in ps if p not in bad] for c, ps in pc.items()} for s, pc in scanned.items()}
+        empty = [f"{s}/{c}" for s, pc in out.items() for c, ps in pc.items() if not ps]
+        if empty:
+            raise DatasetError(f"no readable images left in {', '.join(empty)} under {self.root}")
+        return out
+
+    # -- transforms ----------------------------------------------------------------------------------------
+    def _resize(self) -> list:
+        size = self.hparams.image_size
+        return [v2.Resize(size, antialias=True), v2.CenterCrop(size)]  # shorter side to size, then the centre
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        """(mean, std) given, or computed once from up to ``STATS_IMAGES`` train images and kept in the hparams."""
+        h = self.hparams
+        if h.mean is None:
+            h.mean, h.std = self._compute_stats()
+            rank_zero_info(
+                f"{type(self).__name__}: mean {h.mean}, std {h.std} from the train split of {self.root} "
+                "(pass --data.mean and --data.std to set them)"
+            )
+        return list(h.mean), list(h.std)
+
+    def _compute_stats(self) -> tuple[list[float], list[float]]:
+        h = self.hparams
+        train = self._index()["train"]
+        g = torch.Generator().manual_seed(h.split_seed)
+        pick = torch.randperm(len(train), generator=g)[:STATS_IMAGES].tolist()
+        ds = self._dataset([train[i] for i in pick], v2.Compose(self._resize()))
+        total = torch.zeros(h.channels, dtype=torch.float64)
+        squares, pixels = total.clone(), 0
+        for x, _ in DataLoader(ds, batch_size=h.eval_batch_size, num_workers=h.num_workers):
+            x = x.double().div(255)  # (B, C, S, S)
+            total += x.sum((0, 2, 3))
+            squares += x.square().sum((0, 2, 3))
+            pixels += x[:, 0].numel()
+        mean = total / pixels
+        std = (squares / pixels - mean.square()).clamp_min(1e-6).sqrt()  # a flat channel would divide by zero
+        return [round(v, 4) for v in mean.tolist()], [round(max(v, 1e-3), 4) for v in std.tolist()]
+
+    def train_transform(self) -> v2.Compose:
+        h = self.hparams
+        mean, std = self.mean_std()
+        aug = augmentation(**{k: h[k] for k in AUGMENT_ARGS}, size=h.image_size, mean=mean, std=std)
+        return v2.Compose([*self._resize(), *aug.transforms])
+
+    def eval_transform(self) -> v2.Compose:
+        return v2.Compose([*self._resize(), *normalisation(*self.mean_std()).transforms])
+
+    # -- splits and loaders --------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        splits = self._index()
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            self.train_set = self._dataset(splits["train"], self.train_transform())
+            self.val_set = self._dataset(splits["val"], self.eval_transform())
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = self._dataset(splits["test"], self.eval_transform())
+
+    def _dataset(self, samples: list[tuple[Path, int]], transform: v2.Compose) -> ImageFiles:
+        h = self.hparams
+        return ImageFiles(samples, self.mode, h.image_size, transform, skip_bad=h.bad_files == "skip")
+
+    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        h = self.hparams
+        return DataLoader(
+            ds,
+            batch_size=h.batch_size if train else h.eval_batch_size,
+            shuffle=train,
+            # a ragged last batch of 1 breaks BatchNorm; but a folder smaller than a batch must still train
+            drop_last=train and len(ds) > h.batch_size,
+            num_workers=h.num_workers,
+            persistent_workers=h.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)

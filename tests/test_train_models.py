@@ -1,0 +1,59 @@
+"""Every registered model trains for a step through ``train.py`` on both image DataModules (CIFAR-10 and the
+user's own folder), and the task refuses data that does not fit the net.
+
+In-process (``zoo._train.main(argv)``, the same code path as the script) because a subprocess per model would
+cost ~10 s of imports each; ``test_train_cli.py`` covers the script itself in subprocesses.
+"""
+
+import pytest
+from conftest import FIXTURE_ARGS, write_images
+
+import zoo
+from zoo._train import main
+
+NAMES = zoo.list_models()
+# DenseNet-BC-250 (5.4 GMACs per 32x32 image) costs ~25 s a step here: `make test-all` runs it, `make test` does not.
+MODELS = [pytest.param(n, marks=pytest.mark.slow) if n == "densenet_bc_250_24" else n for n in NAMES]
+TINY = ["--trainer.fast_dev_run", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("photos"))
+
+
+def fit(args: list[str], tmp_path, monkeypatch) -> int:
+    monkeypatch.setenv("ZOO_RUN_DIR", "")  # main() sets it for DDP children; undone after the test
+    monkeypatch.setattr("sys.argv", ["train.py"])  # LightningCLI warns when args and pytest's argv both exist
+    return main(["fit", *args, *TINY, "--run_root", str(tmp_path / "runs")])
+
+
+def cifar_args(cifar_dir) -> list[str]:
+    # batch size 4 (a later flag wins): one step of the largest net stays quick
+    return [*FIXTURE_ARGS, "--data.data_dir", str(cifar_dir), "--data.batch_size", "4", "--data.eval_batch_size", "4"]
+
+
+@pytest.mark.parametrize("name", MODELS, ids=NAMES)
+def test_one_step_on_cifar10(name, cifar_dir, tmp_path, monkeypatch):
+    assert fit(["--model", name, "--data", "cifar10", *cifar_args(cifar_dir)], tmp_path, monkeypatch) == 0
+
+
+@pytest.mark.parametrize("name", MODELS, ids=NAMES)
+def test_one_step_on_an_image_folder(name, photos, tmp_path, monkeypatch):
+    data = ["--data", "images", "--data.root", str(photos), "--data.num_workers", "0", "--data.batch_size", "4"]
+    data += ["--data.eval_batch_size", "4"]
+    assert fit(["--model", name, "--model.num_classes", "3", *data], tmp_path, monkeypatch) == 0
+
+
+def test_num_classes_that_disagree_with_the_folder(photos, tmp_path, monkeypatch):
+    data = ["--data", "images", "--data.root", str(photos), "--data.num_workers", "0"]
+    with pytest.raises(ValueError, match=r"the data has 3 classes \(cat, dog, owl\).*--model.num_classes 3"):
+        fit(["--model", "lenet5", *data], tmp_path, monkeypatch)
+
+
+def test_grayscale_data_for_a_three_channel_model(photos, tmp_path, monkeypatch):
+    data = ["--data", "images", "--data.root", str(photos), "--data.num_workers", "0", "--data.channels", "1"]
+    with pytest.raises(ValueError, match="1-channel images but the model takes in_chans=3"):
+        fit(["--model", "lenet5", "--model.num_classes", "3", *data], tmp_path, monkeypatch)
+    ok = ["--model.in_chans", "1", "--data.mean", "[0.5]", "--data.std", "[0.25]"]
+    assert fit(["--model", "lenet5", "--model.num_classes", "3", *data, *ok], tmp_path, monkeypatch) == 0
