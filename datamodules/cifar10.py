@@ -23,13 +23,13 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from datamodules import DatasetError, default_data_dir
 from datamodules._augment import AUGMENT_ARGS, Cutout, augmentation, check_augmentation, normalisation
+from datamodules._base import SplitDataModule
 
 __all__ = ["CIFAR10DataModule", "load_cifar10", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_CLASSES", "Cutout"]
 
@@ -145,7 +145,7 @@ class TensorImages(Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-class CIFAR10DataModule(L.LightningDataModule):
+class CIFAR10DataModule(SplitDataModule):
     """CIFAR-10 with a seeded 45k/5k train/val split and configurable augmentation.
 
     Args:
@@ -245,26 +245,3 @@ class CIFAR10DataModule(L.LightningDataModule):
         if stage in (None, "test", "predict") and self.test_set is None:
             x, y = self._load()["test"]
             self.test_set = TensorImages(x, y, self.eval_transform())
-
-    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
-        h = self.hparams
-        return DataLoader(
-            ds,
-            batch_size=h.batch_size if train else h.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=h.num_workers,
-            persistent_workers=h.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)

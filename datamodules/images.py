@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -32,6 +31,7 @@ from torchvision.transforms.v2 import functional as F
 
 from datamodules import DatasetError
 from datamodules._augment import AUGMENT_ARGS, augmentation, check_augmentation, normalisation
+from datamodules._base import SplitDataModule
 
 __all__ = ["ImageFolderDataModule", "ImageFiles", "IMAGE_EXTENSIONS", "find_splits", "scan_classes", "stratified_split"]
 
@@ -185,7 +185,7 @@ class ImageFiles(Dataset):
         raise DatasetError(f"none of the {len(self)} images of this split can be decoded")
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """The user's own labelled images, resized to ``image_size`` squares, with the CIFAR-10 DataModule's augmentation.
 
     Every image is resized (shorter side to ``image_size``) and centre-cropped to ``image_size`` x ``image_size``;
@@ -390,27 +390,3 @@ class ImageFolderDataModule(L.LightningDataModule):
     def _dataset(self, samples: list[tuple[Path, int]], transform: v2.Compose) -> ImageFiles:
         h = self.hparams
         return ImageFiles(samples, self.mode, h.image_size, transform, skip_bad=h.bad_files == "skip")
-
-    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
-        h = self.hparams
-        return DataLoader(
-            ds,
-            batch_size=h.batch_size if train else h.eval_batch_size,
-            shuffle=train,
-            # a ragged last batch of 1 breaks BatchNorm; but a folder smaller than a batch must still train
-            drop_last=train and len(ds) > h.batch_size,
-            num_workers=h.num_workers,
-            persistent_workers=h.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)

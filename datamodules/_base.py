@@ -1,0 +1,39 @@
+"""What the image DataModules share: loaders over the ``train_set`` / ``val_set`` / ``test_set`` that ``setup``
+builds, sized by the ``batch_size``, ``eval_batch_size`` and ``num_workers`` hyperparameters."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["SplitDataModule"]
+
+
+class SplitDataModule(L.LightningDataModule):
+    train_set: Dataset | None = None
+    val_set: Dataset | None = None
+    test_set: Dataset | None = None
+
+    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        h = self.hparams
+        return DataLoader(
+            ds,
+            batch_size=h.batch_size if train else h.eval_batch_size,
+            shuffle=train,
+            # a ragged last batch of 1 breaks BatchNorm; but a split smaller than a batch must still train
+            drop_last=train and len(ds) > h.batch_size,
+            num_workers=h.num_workers,
+            persistent_workers=h.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
