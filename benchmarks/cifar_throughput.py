@@ -2,7 +2,8 @@
 
 Prints images/s for each configuration and the ratio to the fp32 reference measured in the same run
 (absolute figures differ 2-5x between machines; compare ratios). Synthetic inputs, so the data loader is
-not measured. Usage: ``python benchmarks/cifar_throughput.py [--models resnet20 lenet5] [--steps 20]``.
+not measured. Usage: ``python benchmarks/cifar_throughput.py [--models resnet20 lenet5] [--steps 20]``; the
+default models are those with a CIFAR-10 recipe in ``configs/``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def images_per_second(name: str, batch: int, steps: int, bf16: bool, channels_la
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet20", "lenet5"])
+    ap.add_argument("--models", nargs="+", default=["lenet5", "resnet20", "resnet56", "vgg11_bn", "densenet_bc_100_12"])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()

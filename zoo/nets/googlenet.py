@@ -44,12 +44,9 @@ INCEPTIONS: list[tuple[int, ...] | str] = [
 
 
 def _conv(in_ch: int, out_ch: int, k: int, batch_norm: bool, stride: int = 1) -> nn.Sequential:
-    conv = nn.Conv2d(in_ch, out_ch, k, stride, k // 2, bias=not batch_norm)
-    return (
-        nn.Sequential(conv, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
-        if batch_norm
-        else nn.Sequential(conv, nn.ReLU(inplace=True))
-    )
+    conv = nn.Conv2d(in_ch, out_ch, k, stride, k // 2, bias=not batch_norm)  # BN makes a bias redundant
+    norm = [nn.BatchNorm2d(out_ch)] if batch_norm else []
+    return nn.Sequential(conv, *norm, nn.ReLU(inplace=True))
 
 
 class Inception(nn.Module):
