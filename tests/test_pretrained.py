@@ -5,6 +5,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import N_TEST, N_TRAIN
+from safetensors.torch import load_file
 
 import zoo
 from datamodules.cifar10 import CIFAR10DataModule
@@ -52,6 +53,9 @@ def test_publish_writes_weights_and_measured_metrics(published):
     assert not model.training
     assert evaluate(model, dm, "test")["test_acc"] == pytest.approx(entry["metrics"]["test_acc"])  # not typed
     assert "val_acc" in entry["metrics"] and entry["training"]["wall_time_s"] >= 0
+    check = entry["dtype_check"]
+    fp16_ok = abs(check["float16_test_acc"] - check["float32_test_acc"]) * 100 <= check["tolerance_points"]
+    assert entry["dtype"] == ("float16" if fp16_ok else "float32")
 
 
 def test_list_pretrained_and_models(published):
@@ -60,10 +64,24 @@ def test_list_pretrained_and_models(published):
 
 
 def test_loaded_weights_equal_the_checkpoint(published, trained_ckpt):
+    entry, _ = published
     state = read_checkpoint(trained_ckpt)["state_dict"]
     net = zoo.load_pretrained("lenet5.fixture").net
     for k, v in net.state_dict().items():
-        assert torch.equal(v, state[f"net.{k}"]), k
+        stored = state[f"net.{k}"].half().float() if entry["dtype"] == "float16" else state[f"net.{k}"]
+        assert torch.equal(v, stored), k
+
+
+@pytest.mark.parametrize("tolerance, dtype", [(None, "float32"), (100.0, "float16")])
+def test_storage_dtype_follows_the_measured_test_change(tolerance, dtype, trained_ckpt, cifar_dir, tmp_path):
+    entry = publish(trained_ckpt, "t", "r.yaml", data_dir=str(cifar_dir), out_dir=tmp_path, fp16_tolerance=tolerance)
+    assert entry["dtype"] == dtype and entry["dtype_check"]["float32_test_acc"] >= 0
+    stored = load_file(tmp_path / entry["file"])
+    assert {v.dtype for k, v in stored.items() if "num_batches" not in k} == {getattr(torch, dtype)}
+    if dtype == "float16":  # the published metric is the one of the stored (rounded) weights
+        assert entry["metrics"]["test_acc"] == entry["dtype_check"]["float16_test_acc"]
+    else:
+        assert entry["metrics"]["test_acc"] == entry["dtype_check"]["float32_test_acc"]
 
 
 def test_other_num_classes_resets_head_keeps_backbone(published, caplog):

@@ -79,10 +79,16 @@ def test_learns_the_fixture(cifar_dir):
 
 
 @pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"])
-def test_every_precision_trains_and_tests(cifar_dir, precision):
+def test_every_precision_trains_and_tests(cifar_dir, precision, tmp_path):
     model = zoo.create_model("resnet20", channels_last=True)
     trainer = L.Trainer(
-        fast_dev_run=1, precision=precision, logger=False, enable_progress_bar=False, enable_model_summary=False
+        fast_dev_run=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, small_dm(cifar_dir))
     assert torch.isfinite(trainer.callback_metrics["train_loss"])

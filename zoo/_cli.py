@@ -10,6 +10,7 @@ from rich.table import Table
 
 import zoo
 from zoo._pretrained import read_manifest
+from zoo._publish import FP16_TOLERANCE, publish
 
 __all__ = ["main", "model_table", "weights_table", "render_readme"]
 
@@ -73,11 +74,11 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from zoo._publish import publish
-
-    entry = publish(args.checkpoint, args.tag, args.recipe, data_dir=args.data_dir)
+    tolerance = None if args.float32 else args.fp16_tolerance
+    entry = publish(args.checkpoint, args.tag, args.recipe, data_dir=args.data_dir, fp16_tolerance=tolerance)
     m = entry["metrics"]
-    print(f"published {entry['model']}.{args.tag}: {entry['file']} sha256 {entry['sha256'][:12]}…")
+    print(f"published {entry['model']}.{args.tag}: {entry['file']} ({entry['dtype']}) sha256 {entry['sha256'][:12]}…")
+    print("  storage check: " + ", ".join(f"{k}={v}" for k, v in entry["dtype_check"].items()))
     print("  " + ", ".join(f"{k}={v:.4f}" for k, v in m.items()))
     return 0
 
@@ -103,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", required=True, help="weights are named <model>.<tag>, e.g. cifar10")
     p.add_argument("--recipe", required=True, help="the config that trained it, e.g. configs/resnet20.cifar10.yaml")
     p.add_argument("--data-dir", default=None, help="dataset root (default: the one recorded, or $ZOO_DATA_DIR)")
+    p.add_argument(
+        "--fp16-tolerance",
+        type=float,
+        default=FP16_TOLERANCE,
+        help="store float16 when that moves test top-1 by at most this many points (default %(default)s)",
+    )
+    p.add_argument("--float32", action="store_true", help="always store float32")
     p.set_defaults(fn=_publish)
     p = sub.add_parser("readme", help="regenerate the README's model and weights tables from registry and manifest")
     p.add_argument("path", nargs="?", default="README.md")
