@@ -1,0 +1,221 @@
+"""Recurrent encoder: stacked RNN (tanh or relu), LSTM (Hochreiter & Schmidhuber 1997) or GRU (Cho et al. 2014).
+
+Each layer is PyTorch's fused ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` (cuDNN on GPUs, oneDNN on CPUs): the time
+loop never runs in Python on the default path. Layers are kept as separate modules so that dropout and optional
+residual connections (Wu et al. 2016, GNMT) can sit between them. Variable-length batches are packed, so a padded
+sequence gives the same outputs and final state as the same sequence alone.
+
+Initialisation, each configurable (the defaults are the literature's, not PyTorch's uniform init):
+- recurrent weights orthogonal per gate block (Saxe et al. 2014), or the identity for relu RNNs (IRNN,
+  Le et al. 2015: identity recurrence, zero bias, small input weights);
+- biases zero, and the LSTM forget-gate bias 1.0 (Gers et al. 2000; Jozefowicz et al. 2015).
+
+``unrolled_states`` recomputes the same forward pass step by step in Python from the fused modules' weights, so
+that the hidden state h_t of every step is a tensor whose gradient can be read: a diagnostic (vanishing
+gradients), never the training path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+__all__ = ["RecurrentEncoder", "CELLS", "RECURRENT_INITS"]
+
+CELLS = ("rnn", "lstm", "gru")
+RECURRENT_INITS = ("orthogonal", "identity", "default")
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # gate blocks stacked in weight_hh (PyTorch order: LSTM i,f,g,o; GRU r,z,n)
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+
+
+class RecurrentEncoder(nn.Module):
+    """Embedding (or one-hot, or float features) followed by ``num_layers`` recurrent layers.
+
+    Args:
+        cell: ``rnn``, ``lstm`` or ``gru``.
+        vocab_size: token ids in, embedded with ``embed_dim`` (or one-hot when ``one_hot``); ``None`` means float
+            features of size ``input_size`` in.
+        hidden_size, num_layers, bidirectional: as ``nn.LSTM``.
+        dropout: between stacked layers (and on the embeddings).
+        residual: add each layer's input to its output from the second layer on (same width).
+        nonlinearity: ``tanh`` or ``relu``, for ``cell="rnn"``.
+        batch_first: ``(B, T, ...)`` inputs and outputs, else ``(T, B, ...)``.
+        forget_bias: initial LSTM forget-gate bias.
+        recurrent_init: ``orthogonal``, ``identity`` (relu RNNs: IRNN) or ``default`` (PyTorch's uniform).
+    """
+
+    def __init__(
+        self,
+        *,
+        cell: str = "lstm",
+        vocab_size: int | None = None,
+        embed_dim: int = 128,
+        one_hot: bool = False,
+        input_size: int | None = None,
+        hidden_size: int = 256,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        residual: bool = False,
+        nonlinearity: str = "tanh",
+        batch_first: bool = True,
+        padding_idx: int | None = 0,
+        forget_bias: float = 1.0,
+        recurrent_init: str = "orthogonal",
+    ) -> None:
+        super().__init__()
+        _choice("cell", cell, CELLS)
+        _choice("recurrent_init", recurrent_init, RECURRENT_INITS)
+        _choice("nonlinearity", nonlinearity, ("tanh", "relu"))
+        if recurrent_init == "identity" and cell != "rnn":
+            raise ValueError("recurrent_init='identity' (IRNN) is for cell='rnn'; use 'orthogonal' for LSTM/GRU")
+        if (vocab_size is None) == (input_size is None):
+            raise ValueError("give exactly one of vocab_size (token ids in) or input_size (float features in)")
+        if hidden_size < 1 or num_layers < 1 or not 0 <= dropout < 1:
+            raise ValueError(
+                f"need hidden_size >= 1, num_layers >= 1, 0 <= dropout < 1; got {hidden_size}, {num_layers}, {dropout}"
+            )
+        self.cell, self.nonlinearity, self.batch_first = cell, nonlinearity, batch_first
+        self.hidden_size, self.num_layers = hidden_size, num_layers
+        self.num_directions = 2 if bidirectional else 1
+        self.output_size = hidden_size * self.num_directions
+        self.residual, self.one_hot, self.vocab_size = residual, one_hot, vocab_size
+        if vocab_size is not None and not one_hot:
+            self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+            in_size = embed_dim
+        else:
+            self.embedding = None
+            in_size = vocab_size if one_hot else input_size
+        self.input_size = in_size
+        self.dropout = nn.Dropout(dropout)
+        kw = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+        rnn_cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        self.layers = nn.ModuleList(
+            rnn_cls(
+                in_size if i == 0 else self.output_size,
+                hidden_size,
+                batch_first=batch_first,
+                bidirectional=bidirectional,
+                **kw,
+            )
+            for i in range(num_layers)
+        )
+        self.reset_parameters(forget_bias=forget_bias, recurrent_init=recurrent_init)
+
+    @torch.no_grad()
+    def reset_parameters(self, forget_bias: float = 1.0, recurrent_init: str = "orthogonal") -> None:
+        if recurrent_init == "default":
+            return
+        gates, h = _GATES[self.cell], self.hidden_size
+        for layer in self.layers:
+            for name, p in layer.named_parameters():
+                if name.startswith("weight_hh"):
+                    for g in range(gates):
+                        block = p[g * h : (g + 1) * h]
+                        nn.init.eye_(block) if recurrent_init == "identity" else nn.init.orthogonal_(block)
+                elif name.startswith("weight_ih") and recurrent_init == "identity":
+                    nn.init.normal_(p, std=1e-3)  # Le et al. 2015: small input weights with an identity recurrence
+                elif name.startswith("bias"):
+                    p.zero_()
+                    if self.cell == "lstm" and name.startswith("bias_ih"):
+                        p[h : 2 * h] = forget_bias  # the forget gate is the second block; bias_hh stays 0
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids ``(B, T)`` (or float features ``(B, T, F)``) to the first layer's input ``(B, T, E)``."""
+        if self.embedding is not None:
+            return self.dropout(self.embedding(tokens))
+        if self.one_hot:
+            return F.one_hot(tokens, self.vocab_size).float()
+        return tokens
+
+    def _split_state(self, state):
+        """``nn.LSTM``'s ``(L*D, B, H)`` layout (tuples for LSTM) to one state per layer."""
+        if state is None:
+            return [None] * self.num_layers
+        if self.cell == "lstm":
+            return list(zip(state[0].chunk(self.num_layers), state[1].chunk(self.num_layers)))
+        return list(state.chunk(self.num_layers))
+
+    def _join_state(self, states):
+        if self.cell == "lstm":
+            return torch.cat([h for h, _ in states]), torch.cat([c for _, c in states])
+        return torch.cat(states)
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None, state=None):
+        """``tokens`` ``(B, T)`` ids or ``(B, T, F)`` features (time first when not ``batch_first``); ``lengths``
+        ``(B,)`` of the unpadded sequences (packed; padded steps give zeros); ``state`` as ``nn.LSTM``'s
+        ``(h, c)`` or ``h`` of shape ``(L*D, B, H)``. Returns ``(outputs (B, T, D*H), state)``."""
+        x = self.embed(tokens)
+        total = x.shape[1 if self.batch_first else 0]
+        cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")  # GPU autocast is left alone
+        states = []
+        for i, (layer, hx) in enumerate(zip(self.layers, self._split_state(state))):
+            if i > 0:
+                x = self.dropout(x)
+            inp = x
+            if lengths is not None:
+                inp = pack_padded_sequence(x, lengths.cpu(), batch_first=self.batch_first, enforce_sorted=False)
+            if cpu_autocast:  # oneDNN's bf16 LSTM needs AVX-512 and fails elsewhere (pytorch #88136): fp32 here
+                with torch.autocast("cpu", enabled=False):
+                    out, hn = layer(inp.float(), hx)
+            else:
+                out, hn = layer(inp, hx)
+            if lengths is not None:
+                out, _ = pad_packed_sequence(out, batch_first=self.batch_first, total_length=total)
+            x = out + x if self.residual and i > 0 else out
+            states.append(hn)
+        return x, self._join_state(states)
+
+    def unrolled_states(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The forward pass in a Python time loop, from the fused layers' weights (eval-mode: no dropout), for
+        equal-length batch-first or time-first input. Returns ``(outputs, hs)`` where ``hs[t]`` ``(B, H)`` is
+        the top layer's forward-direction hidden state at step ``t``, part of the graph: ``hs[t].retain_grad()``
+        then ``backward`` gives dL/dh_t."""
+        x = self.embed(tokens)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        hs: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            outs = []
+            for d, sfx in enumerate(["_l0", "_l0_reverse"][: self.num_directions]):
+                seq = x.flip(1) if d else x
+                w = {n: getattr(layer, f"{n}{sfx}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+                steps = self._unroll(seq, w)
+                if d == 0 and i == self.num_layers - 1:
+                    hs = steps
+                out = torch.stack(steps, 1)
+                outs.append(out.flip(1) if d else out)
+            out = torch.cat(outs, -1)
+            x = out + x if self.residual and i > 0 else out
+        return (x if self.batch_first else x.transpose(0, 1)), hs
+
+    def _unroll(self, x: torch.Tensor, w: dict) -> list[torch.Tensor]:
+        B, T, _ = x.shape
+        h = x.new_zeros(B, self.hidden_size)
+        c = torch.zeros_like(h)
+        gi_all = F.linear(x, w["weight_ih"], w["bias_ih"])  # (B, T, G*H), input projections for every step
+        act = torch.relu if self.nonlinearity == "relu" else torch.tanh
+        steps = []
+        for t in range(T):
+            gi, gh = gi_all[:, t], F.linear(h, w["weight_hh"], w["bias_hh"])
+            if self.cell == "rnn":
+                h = act(gi + gh)
+            elif self.cell == "lstm":
+                i, f, g, o = (gi + gh).chunk(4, -1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            else:
+                ir, iz, in_ = gi.chunk(3, -1)
+                hr, hz, hn = gh.chunk(3, -1)
+                r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+                h = (1 - z) * torch.tanh(in_ + r * hn) + z * h
+            steps.append(h)
+        return steps
