@@ -12,6 +12,8 @@ __all__ = ["DATAMODULES", "default_data_dir", "DatasetError"]
 DATAMODULES = {
     "cifar10": "datamodules.cifar10.CIFAR10DataModule",
     "images": "datamodules.images.ImageFolderDataModule",
+    "names": "datamodules.names.NamesDataModule",
+    "text": "datamodules.text_classification.TextClassificationDataModule",
 }
 
 

@@ -97,6 +97,40 @@ def cifar_dir(tmp_path_factory) -> Path:
     return root
 
 
+NAMES = {  # a tiny surnames corpus in the real layout: <data_dir>/names/<Language>.txt, one name per line
+    "Japanese": ["Abe", "Aida", "Nakamura", "Tanaka", "Suzuki", "Sato", "Ito", "Kato", "Abe"],
+    "Russian": [
+        "Ivanov",
+        "Petrov",
+        "Smirnov",
+        "Volkov",
+        "Popov",
+        "Sokolov",
+        "Lebedev",
+        "Kozlov",
+        "Morozov",
+        "Novikov",
+        "Pavlov",
+        "Orlov",
+        "Belov",
+        "Zaitsev",
+    ],
+    "Scottish": ["Mcdonald", "Campbell", "Stewart", "Murray", "Fraser", "Macleod"],
+}
+
+
+def write_names(root: Path, names: dict[str, list[str]] = NAMES) -> Path:
+    (root / "names").mkdir(parents=True, exist_ok=True)
+    for lang, items in names.items():
+        (root / "names" / f"{lang}.txt").write_text("\n".join(items) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def names_dir(tmp_path_factory) -> Path:
+    return write_names(tmp_path_factory.mktemp("names_data"))
+
+
 @pytest.fixture
 def real_data_dir() -> Path:
     d = Path(os.environ.get("ZOO_DATA_DIR", ROOT.parent / "shared" / "data"))

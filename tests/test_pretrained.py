@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import zoo
 from datamodules.cifar10 import CIFAR10DataModule
 from zoo._pretrained import PretrainedError, checkpoint_dir, read_manifest, sha256_of
-from zoo._publish import CheckpointError, evaluate, publish, read_checkpoint
+from zoo._publish import CheckpointError, build_datamodule, evaluate, publish, read_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -149,13 +149,13 @@ def test_repo_weights_verify_and_load(name):
     entry = REPO_MANIFEST[name]
     assert sha256_of(checkpoint_dir() / entry["file"]) == entry["sha256"]
     model = zoo.load_pretrained(name)
-    assert model.net(torch.zeros(1, 3, 32, 32)).shape == (1, len(entry["classes"]))
+    assert not model.training and model.net.head.out_features == len(entry["classes"])
     assert entry["recipe"] and (checkpoint_dir().parent / entry["recipe"]).is_file()
 
 
 @pytest.mark.parametrize("name", sorted(REPO_MANIFEST), ids=sorted(REPO_MANIFEST))
 def test_repo_weights_reproduce_their_test_accuracy(name, real_data_dir):
     entry = REPO_MANIFEST[name]
-    dm = CIFAR10DataModule(data_dir=str(real_data_dir), num_workers=0)
-    acc = evaluate(zoo.load_pretrained(name), dm, "test")["test_acc"]
+    spec = entry.get("data", {"class_path": "datamodules.cifar10.CIFAR10DataModule", "init_args": {}})
+    acc = evaluate(zoo.load_pretrained(name), build_datamodule(spec, str(real_data_dir)), "test")["test_acc"]
     assert acc == pytest.approx(entry["metrics"]["test_acc"], abs=1e-3)

@@ -37,7 +37,7 @@ NO_PUBLISHED_FIGURE = {
     "densenet121": "Huang et al. 2017 plot ImageNet DenseNets (Fig. 3) without a table of counts",
     **{f"vgg{d}_bn": "BatchNorm postdates the VGG paper" for d in (11, 13, 16, 19)},
 }
-NAMES = zoo.list_models()
+NAMES = zoo.list_models(task="image")
 # At 224x224, nets with an ImageNet stem are tested with it (their CIFAR stem keeps 224x224 maps in the first
 # stage: resnet50 would cost 60 GMACs). Nets above ~5 GMACs at 224x224 (VGG 7.6-19.6, CIFAR DenseNets 14-265,
 # ResNet-56/110 7-12) run there only in `make test-all`, to keep `make test` within its time on 2 cores.

@@ -38,11 +38,13 @@ def test_every_config_parses(config):
 
 
 @pytest.mark.parametrize("config", RECIPES, ids=RECIPES)
-def test_recipe_runs_fast_dev_run(config, cifar_dir, tmp_path):
+def test_recipe_runs_fast_dev_run(config, cifar_dir, names_dir, tmp_path):
     args = ["fit", "--config", str(ROOT / config), "--config", str(ROOT / "configs/trainer/debug.yaml")]
     if "finetune" in config:
         args += ["--model.pretrained", "null"]  # weights are tested in test_pretrained.py
-    ok(run_train(args + fixture_args(cifar_dir), tmp_path))
+    data = yaml.safe_load((ROOT / config).read_text())["data"]["class_path"]
+    data_args = ["--data.data_dir", str(names_dir)] if data.endswith("NamesDataModule") else fixture_args(cifar_dir)
+    ok(run_train(args + data_args, tmp_path))
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=PRESETS)

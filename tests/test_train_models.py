@@ -11,7 +11,7 @@ from conftest import FIXTURE_ARGS, write_images
 import zoo
 from zoo._train import main
 
-NAMES = zoo.list_models()
+NAMES = zoo.list_models(task="image")
 # DenseNet-BC-250 (5.4 GMACs per 32x32 image) costs ~25 s a step here: `make test-all` runs it, `make test` does not.
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if n == "densenet_bc_250_24" else n for n in NAMES]
 TINY = ["--trainer.fast_dev_run", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]

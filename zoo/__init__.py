@@ -23,9 +23,10 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
-    """Registered model names matching a glob (``"resnet*"``); with ``pretrained=True`` only those with weights."""
-    names = model_names(pattern)
+def list_models(pattern: str = "*", pretrained: bool = False, task: str | None = None) -> list[str]:
+    """Registered model names matching a glob (``"resnet*"``); with ``pretrained=True`` only those with weights;
+    ``task`` (``image``, ``sequence``) keeps one kind."""
+    names = model_names(pattern, task)
     if pretrained:
         have = {n.split(".")[0] for n in pretrained_names()}
         names = [n for n in names if n in have]

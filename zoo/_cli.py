@@ -22,7 +22,7 @@ def model_table() -> str:
 
     manifest = read_manifest()
     rows = ["| model | params | MFLOPs (32x32) | published weights | test top-1 |", "|---|---:|---:|---|---:|"]
-    for name in zoo.list_models():
+    for name in zoo.list_models(task="image"):
         net = zoo.create_model(name).net.eval()
         params = sum(p.numel() for p in net.parameters())
         with FlopCounterMode(display=False) as counter, torch.no_grad():

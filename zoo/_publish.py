@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 import zoo
 from zoo._pretrained import checkpoint_dir, read_manifest, sha256_of
 
-__all__ = ["publish", "read_checkpoint", "CheckpointError"]
+__all__ = ["publish", "read_checkpoint", "CheckpointError", "evaluate", "data_spec", "build_datamodule"]
 
 
 class CheckpointError(RuntimeError):
@@ -39,14 +39,21 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def _datamodule(ckpt: dict, data_dir: str | None) -> L.LightningDataModule:
-    hp = dict(ckpt.get("datamodule_hyper_parameters") or {})
-    name = hp.pop("_class_path", None) or "datamodules.cifar10.CIFAR10DataModule"
-    module, _, cls = name.rpartition(".")
-    hp.pop("_instantiator", None)
-    if data_dir:
-        hp["data_dir"] = data_dir
-    return getattr(importlib.import_module(module), cls)(**{**hp, "num_workers": 0})
+def data_spec(ckpt: dict) -> dict:
+    """The DataModule a checkpoint was trained on, as ``{"class_path", "init_args"}`` (without machine paths)."""
+    hp = ckpt.get("datamodule_hyper_parameters") or {}
+    class_path = hp.get("_class_path") or ckpt.get("datamodule_class_path")  # train.py's, or the task's record
+    if not class_path:
+        raise CheckpointError("the checkpoint does not say which DataModule it was trained with; train with train.py")
+    args = {k: v for k, v in hp.items() if not k.startswith("_") and k not in ("data_dir", "num_workers")}
+    return {"class_path": class_path, "init_args": json.loads(json.dumps(args))}  # tuples as the manifest has them
+
+
+def build_datamodule(spec: dict, data_dir: str | None = None) -> L.LightningDataModule:
+    """Rebuild a DataModule from :func:`data_spec` (a manifest's ``data``), reading from ``data_dir``."""
+    module, _, cls = spec["class_path"].rpartition(".")
+    kwargs = {**spec["init_args"], "num_workers": 0, **({"data_dir": data_dir} if data_dir else {})}
+    return getattr(importlib.import_module(module), cls)(**kwargs)
 
 
 def evaluate(model: L.LightningModule, dm: L.LightningDataModule, stage: str) -> dict[str, float]:
@@ -86,7 +93,7 @@ def publish(
     model = cls(**kwargs)
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
-    dm = _datamodule(ckpt, data_dir)
+    dm = build_datamodule(data_spec(ckpt), data_dir)
     t0 = time.time()
     val = evaluate(model, dm, "validate")
     test = evaluate(model, dm, "test")
@@ -107,13 +114,14 @@ def publish(
     file = out_dir / f"{name}.safetensors"
     save_file(state, str(file), metadata={"model": arch, "name": name})
     record = ckpt.get("callbacks", {}).get("TrainingRecord", {})
-    net_kwargs = {"num_classes": hp.get("num_classes"), "in_chans": hp.get("in_chans"), **(hp.get("net_kwargs") or {})}
+    model_kwargs = {k: hp[k] for k in cls.weights_kwargs if hp.get(k) is not None}
     dm_hp = ckpt.get("datamodule_hyper_parameters") or {}
+    split = ", ".join(f"{k}={dm_hp[k]}" for k in ("val_size", "val_fraction", "split_seed") if k in dm_hp)
     entry = {
         "file": file.name,
         "sha256": sha256_of(file),
         "model": arch,
-        "model_kwargs": net_kwargs,
+        "model_kwargs": model_kwargs,
         "params": sum(v.numel() for k, v in state.items() if "running_" not in k and "num_batches" not in k),
         "dtype": dtype,
         "dtype_check": storage,
@@ -125,8 +133,7 @@ def publish(
         },
         "evaluation": {
             "test_split": "the dataset's official test split, measured once by `zoo publish`",
-            "val_split": f"{dm_hp.get('val_size', '?')} images held out of train (split_seed "
-            f"{dm_hp.get('split_seed', '?')}), used for model selection",
+            "val_split": f"held out of train by {type(dm).__name__} ({split}), used for model selection",
             "checkpoint": {
                 "file": Path(ckpt_path).name,
                 "epoch": ckpt.get("epoch"),
@@ -138,6 +145,7 @@ def publish(
             "eval_seconds": round(eval_s, 1),
         },
         "recipe": recipe,
+        "data": data_spec(ckpt),
         "training": {
             "wall_time_s": round(record.get("wall_time_s", 0.0), 1),
             "steps": ckpt.get("global_step"),

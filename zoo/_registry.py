@@ -28,12 +28,16 @@ class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
     task: str  # import path of the LightningModule class that trains this net
+    kind: str  # the key of TASKS: "image", "sequence"
     module: str  # where the builder is defined
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
-TASKS = {"image": "zoo.tasks.image.ImageClassifier"}
+TASKS = {
+    "image": "zoo.tasks.image.ImageClassifier",
+    "sequence": "zoo.tasks.sequence.SequenceClassifier",
+}
 
 
 def register_model(*, task: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -46,7 +50,7 @@ def register_model(*, task: str) -> Callable[[Callable[..., nn.Module]], Callabl
         if name in _REGISTRY:
             other = _REGISTRY[name].module
             raise ValueError(f"model name {name!r} is already registered (by {other}); pick another name")
-        _REGISTRY[name] = ModelEntry(name=name, builder=fn, task=TASKS[task], module=fn.__module__)
+        _REGISTRY[name] = ModelEntry(name=name, builder=fn, task=TASKS[task], kind=task, module=fn.__module__)
         return fn
 
     return decorator
@@ -56,9 +60,11 @@ def _ensure_loaded() -> None:
     import zoo.nets  # noqa: F401  (importing the package registers every builder)
 
 
-def model_names(pattern: str = "*") -> list[str]:
+def model_names(pattern: str = "*", task: str | None = None) -> list[str]:
     _ensure_loaded()
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern.lower()))
+    if task is not None and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    return sorted(n for n, e in _REGISTRY.items() if fnmatch.fnmatchcase(n, pattern.lower()) and task in (None, e.kind))
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -22,7 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-__all__ = ["RecurrentEncoder", "CELLS", "RECURRENT_INITS"]
+from zoo._registry import register_model
+
+__all__ = ["RecurrentEncoder", "RecurrentClassifier", "RecurrentLM", "CELLS", "RECURRENT_INITS", "POOLINGS"]
 
 CELLS = ("rnn", "lstm", "gru")
 RECURRENT_INITS = ("orthogonal", "identity", "default")
@@ -219,3 +221,99 @@ class RecurrentEncoder(nn.Module):
                 h = (1 - z) * torch.tanh(in_ + r * hn) + z * h
             steps.append(h)
         return steps
+
+
+# -- heads: sequence classifier and language model ---------------------------------------------------------------
+POOLINGS = ("last", "mean", "max", "attention", "none")
+
+
+class RecurrentClassifier(nn.Module):
+    """A :class:`RecurrentEncoder` read out into class logits.
+
+    ``pooling``: ``last`` (the final state; both directions' when bidirectional), ``mean`` / ``max`` over the
+    unpadded steps, ``attention`` (a learned weighted mean, Yang et al. 2016), or ``none``: logits at every step
+    ``(B, T, C)`` (sequence labelling, e.g. the copy-memory task). Logits are ``(B, C)`` otherwise."""
+
+    def __init__(self, *, num_classes: int, pooling: str = "last", head_dropout: float = 0.0, **encoder) -> None:
+        super().__init__()
+        _choice("pooling", pooling, POOLINGS)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1; got {num_classes}")
+        self.encoder = RecurrentEncoder(**encoder)
+        self.pooling, self.num_classes = pooling, num_classes
+        width = self.encoder.output_size
+        if pooling == "attention":
+            self.attention = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1, bias=False))
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward_features(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled sequence representation ``(B, D*H)`` (``(B, T, D*H)`` for ``pooling="none"``)."""
+        out, state = self.encoder(tokens, lengths)
+        if not self.encoder.batch_first:
+            out = out.transpose(0, 1)  # (B, T, D*H)
+        B, T, _ = out.shape
+        if self.pooling == "none":
+            return out
+        if self.pooling == "last":
+            h = state[0] if isinstance(state, tuple) else state  # (L*D, B, H)
+            return h[-self.encoder.num_directions :].transpose(0, 1).reshape(B, -1)  # top layer, all directions
+        valid = torch.ones(B, T, dtype=torch.bool, device=out.device)
+        if lengths is not None:
+            valid = torch.arange(T, device=out.device) < lengths.to(out.device)[:, None]  # (B, T)
+        if self.pooling == "mean":
+            return (out * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
+        if self.pooling == "max":
+            return out.masked_fill(~valid[..., None], float("-inf")).amax(1)
+        scores = self.attention(out).squeeze(-1).masked_fill(~valid, float("-inf"))  # (B, T)
+        return (scores.softmax(1)[..., None] * out).sum(1)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.dropout(self.forward_features(tokens, lengths)))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.head.in_features, num_classes)
+
+
+class RecurrentLM(nn.Module):
+    """Next-token language model: embedding, unidirectional recurrent layers, dropout, a linear decoder over the
+    vocabulary. ``tie_weights`` shares the embedding and decoder matrices (Press & Wolf 2017; Inan et al. 2017);
+    it needs ``embed_dim == hidden_size``."""
+
+    def __init__(self, *, vocab_size: int, tie_weights: bool = False, output_dropout: float = 0.0, **encoder) -> None:
+        super().__init__()
+        if encoder.get("bidirectional"):
+            raise ValueError("a language model reads left to right: bidirectional must be False")
+        self.encoder = RecurrentEncoder(vocab_size=vocab_size, **encoder)
+        self.dropout = nn.Dropout(output_dropout)
+        self.head = nn.Linear(self.encoder.hidden_size, vocab_size)
+        if tie_weights:
+            if self.encoder.embedding is None or self.encoder.embedding.embedding_dim != self.encoder.hidden_size:
+                raise ValueError("tie_weights needs an embedding with embed_dim == hidden_size")
+            self.head.weight = self.encoder.embedding.weight
+
+    def forward(self, tokens: torch.Tensor, state=None):
+        """``tokens`` ``(B, T)`` -> ``(logits (B, T, V), state)``; pass ``state`` back in to continue the text."""
+        out, state = self.encoder(tokens, state=state)
+        return self.head(self.dropout(out)), state
+
+
+def _classifier(cell: str, vocab_size: int, num_classes: int, **kwargs) -> RecurrentClassifier:
+    return RecurrentClassifier(cell=cell, vocab_size=vocab_size, num_classes=num_classes, **kwargs)
+
+
+@register_model(task="sequence")
+def rnn_classifier(*, vocab_size: int, num_classes: int, **kwargs) -> RecurrentClassifier:
+    """Elman RNN (tanh; ``nonlinearity="relu"`` with ``recurrent_init="identity"`` for an IRNN)."""
+    return _classifier("rnn", vocab_size, num_classes, **kwargs)
+
+
+@register_model(task="sequence")
+def lstm_classifier(*, vocab_size: int, num_classes: int, **kwargs) -> RecurrentClassifier:
+    return _classifier("lstm", vocab_size, num_classes, **kwargs)
+
+
+@register_model(task="sequence")
+def gru_classifier(*, vocab_size: int, num_classes: int, **kwargs) -> RecurrentClassifier:
+    return _classifier("gru", vocab_size, num_classes, **kwargs)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo import _pretrained
 from zoo._registry import get_entry
-from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule, check_choice
+from zoo.tasks._base import Task
+from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, check_choice
 
 __all__ = ["ImageClassifier"]
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(Task):
     """Cross-entropy classifier with top-1/top-5 accuracy.
 
     Args:
@@ -32,6 +32,7 @@ class ImageClassifier(L.LightningModule):
     """
 
     monitor = ("val_acc", "max")  # what ModelCheckpoint selects on in train.py
+    weights_kwargs = ("num_classes", "in_chans", "net_kwargs")  # what rebuilds the net of published weights
 
     def __init__(
         self,
@@ -130,11 +131,3 @@ class ImageClassifier(L.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self(x).softmax(-1)  # (B, num_classes) probabilities
-
-    def configure_optimizers(self):
-        h = self.hparams
-        opt = build_optimizer(self.net, h.optimizer, h.lr, h.weight_decay, h.momentum)
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = total / max(self.trainer.max_epochs or 1, 1)
-        sched = build_schedule(opt, h.schedule, total, int(h.warmup_epochs * per_epoch))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

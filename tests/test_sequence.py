@@ -1,0 +1,144 @@
+"""Recurrent classifiers: the nets' read-outs, the task, weights and train.py."""
+
+import lightning as L
+import pytest
+import torch
+from conftest import run_train
+
+import zoo
+from datamodules.names import NamesDataModule
+from zoo._publish import publish
+from zoo.nets.recurrent import POOLINGS, RecurrentClassifier, RecurrentLM
+
+SEQ_MODELS = zoo.list_models(task="sequence")
+
+
+@pytest.mark.parametrize("pooling", [p for p in POOLINGS if p != "none"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_pooled_logits_of_a_padded_batch_equal_each_sequence_alone(pooling, bidirectional):
+    torch.manual_seed(0)
+    net = RecurrentClassifier(
+        cell="gru",
+        vocab_size=9,
+        embed_dim=4,
+        hidden_size=6,
+        num_classes=3,
+        pooling=pooling,
+        bidirectional=bidirectional,
+        num_layers=2,
+    ).eval()
+    x, lengths = torch.randint(1, 9, (3, 6)), torch.tensor([6, 2, 4])
+    x[1, 2:], x[2, 4:] = 0, 0
+    batch = net(x, lengths)
+    assert batch.shape == (3, 3)
+    for i, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(batch[i], net(x[i : i + 1, :n])[0], atol=1e-5, rtol=1e-4)
+
+
+def test_per_step_logits_and_language_model_head():
+    net = RecurrentClassifier(cell="lstm", vocab_size=9, num_classes=4, pooling="none", hidden_size=5)
+    assert net(torch.randint(1, 9, (2, 7))).shape == (2, 7, 4)
+    lm = RecurrentLM(cell="lstm", vocab_size=11, embed_dim=8, hidden_size=8, tie_weights=True)
+    logits, state = lm(torch.randint(0, 11, (2, 5)))
+    assert logits.shape == (2, 5, 11) and lm.head.weight is lm.encoder.embedding.weight
+    with pytest.raises(ValueError, match="embed_dim == hidden_size"):
+        RecurrentLM(cell="gru", vocab_size=11, embed_dim=4, hidden_size=8, tie_weights=True)
+    with pytest.raises(ValueError, match="bidirectional must be False"):
+        RecurrentLM(cell="gru", vocab_size=11, bidirectional=True)
+
+
+@pytest.mark.parametrize("name", SEQ_MODELS, ids=SEQ_MODELS)
+def test_every_sequence_model_forward_backward(name):
+    net = zoo.create_model(name, vocab=["<pad>", "<unk>", "a", "b"], classes=["x", "y"]).net
+    out = net(torch.tensor([[2, 3, 2], [3, 0, 0]]), torch.tensor([3, 1]))
+    out.sum().backward()
+    assert out.shape == (2, 2) and torch.isfinite(out).all()
+    assert all(p.grad is not None for p in net.parameters()), "every parameter gets a gradient"
+
+
+def names_dm(names_dir, **kw):
+    return NamesDataModule(str(names_dir), val_fraction=0.2, test_fraction=0.2, batch_size=8, **kw)
+
+
+def fit(model, dm, tmp_path, **kw):
+    args = dict(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer = L.Trainer(**{**args, **kw})
+    trainer.fit(model, dm)
+    return trainer
+
+
+def test_classifier_learns_the_fixture_and_round_trips(names_dir, tmp_path):
+    L.seed_everything(0)
+    model = zoo.create_model("gru_classifier", hidden_size=32, lr=1e-2, schedule="constant")
+    trainer = fit(model, names_dm(names_dir), tmp_path, max_epochs=30)
+    assert trainer.callback_metrics["train_acc"] > 0.9  # 3 languages, 20 names: memorised
+    assert model.hparams.vocab[:2] == ["<pad>", "<unk>"] and model.hparams.classes == [
+        "Japanese",
+        "Russian",
+        "Scottish",
+    ]
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)  # vocab and classes are plain JSON-able hparams
+    loaded = type(model).load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
+    assert loaded.predict("Nakamura")[0][0][0] == model.predict("Nakamura")[0][0][0]
+    assert ckpt["hyper_parameters"]["tokenizer"] == "char"
+    top = loaded.predict(["Ivanov", "Q\u00f8\u00df!", ""], top_k=2)  # unseen characters and an empty string
+    assert len(top) == 3 and all(len(t) == 2 and 0 <= t[0][1] <= 1 for t in top)
+
+
+def test_data_with_another_vocabulary_is_refused(names_dir, tmp_path):
+    model = zoo.create_model(
+        "lstm_classifier", vocab=["<pad>", "<unk>", "z"], classes=sorted(["Japanese", "Russian", "Scottish"])
+    )
+    with pytest.raises(ValueError, match="vocabulary .* differs"):
+        fit(model, names_dm(names_dir), tmp_path, fast_dev_run=1)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "64-true"])
+def test_precisions_train(names_dir, tmp_path, precision):
+    model = zoo.create_model("lstm_classifier", hidden_size=8, pooling="attention")
+    trainer = fit(model, names_dm(names_dir), tmp_path, fast_dev_run=1, precision=precision)
+    assert torch.isfinite(trainer.callback_metrics["train_loss"])
+
+
+def test_class_weights_and_gradient_clipping(names_dir, tmp_path):
+    model = zoo.create_model("rnn_classifier", class_weighted=True, grad_clip=1e-6, lr=1.0, optimizer="sgd")
+    fit(model, names_dm(names_dir), tmp_path, fast_dev_run=1)
+    assert model.class_weights is not None and model.class_weights.shape == (3,)
+    model.net(torch.tensor([[2, 3, 4]])).sum().backward()
+    model.configure_gradient_clipping(model.trainer.optimizers[0])  # what the training loop calls before a step
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) <= 1e-6 * 1.01
+
+
+def test_published_sequence_weights_work_alone(names_dir, tmp_path, monkeypatch):
+    L.seed_everything(0)
+    model = zoo.create_model("gru_classifier", hidden_size=16)
+    dm = names_dm(names_dir)
+    trainer = fit(model, dm, tmp_path, max_epochs=2)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert ckpt["datamodule_hyper_parameters"]["data_dir"] == str(names_dir)
+    monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))
+    entry = publish(tmp_path / "last.ckpt", "fixture", "configs/gru_classifier.names.yaml", data_dir=str(names_dir))
+    assert entry["model_kwargs"]["vocab"] == model.hparams.vocab and entry["data"]["init_args"]["val_fraction"] == 0.2
+    assert "test_f1" in entry["metrics"]
+    loaded = zoo.load_pretrained("gru_classifier.fixture")
+    assert loaded.predict("Tanaka")[0][0][0] == model.eval().predict("Tanaka")[0][0][0]
+
+
+@pytest.mark.parametrize("name", SEQ_MODELS, ids=SEQ_MODELS)
+def test_train_py_with_registry_names(name, names_dir, tmp_path):
+    res = run_train(
+        ["fit", "--model", name, "--data", "names", "--data.data_dir", str(names_dir), "--trainer.fast_dev_run", "1"],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"run folder: runs/{name}-names/version_0" in res.stdout

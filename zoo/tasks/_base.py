@@ -1,0 +1,28 @@
+"""What every task shares: the optimiser and per-step schedule from its hyperparameters, and a record of the
+DataModule class in each checkpoint (so that ``zoo publish`` can rebuild the data it was trained on)."""
+
+from __future__ import annotations
+
+import lightning as L
+
+from zoo.tasks._optim import build_optimizer, build_schedule
+
+__all__ = ["Task"]
+
+
+class Task(L.LightningModule):
+    monitor: tuple[str, str] = ("val_loss", "min")  # what ModelCheckpoint selects on in train.py
+    weights_kwargs: tuple[str, ...] = ()  # hyperparameters that rebuild the net of published weights
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None:
+            checkpoint["datamodule_class_path"] = f"{type(dm).__module__}.{type(dm).__qualname__}"
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = build_optimizer(self.net, h.optimizer, h.lr, h.weight_decay, h.momentum)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = total / max(self.trainer.max_epochs or 1, 1)
+        sched = build_schedule(opt, h.schedule, total, int(h.warmup_epochs * per_epoch))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
