@@ -13,6 +13,7 @@ DATAMODULES = {
     "cifar10": "datamodules.cifar10.CIFAR10DataModule",
     "images": "datamodules.images.ImageFolderDataModule",
     "names": "datamodules.names.NamesDataModule",
+    "charlm": "datamodules.charlm.CharLMDataModule",
     "text": "datamodules.text_classification.TextClassificationDataModule",
 }
 

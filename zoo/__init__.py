@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 def list_models(pattern: str = "*", pretrained: bool = False, task: str | None = None) -> list[str]:
     """Registered model names matching a glob (``"resnet*"``); with ``pretrained=True`` only those with weights;
-    ``task`` (``image``, ``sequence``) keeps one kind."""
+    ``task`` (``image``, ``sequence``, ``language_model``) keeps one kind."""
     names = model_names(pattern, task)
     if pretrained:
         have = {n.split(".")[0] for n in pretrained_names()}

@@ -28,7 +28,7 @@ class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
     task: str  # import path of the LightningModule class that trains this net
-    kind: str  # the key of TASKS: "image", "sequence"
+    kind: str  # the key of TASKS: "image", "sequence", "language_model"
     module: str  # where the builder is defined
 
 
@@ -37,6 +37,7 @@ _REGISTRY: dict[str, ModelEntry] = {}
 TASKS = {
     "image": "zoo.tasks.image.ImageClassifier",
     "sequence": "zoo.tasks.sequence.SequenceClassifier",
+    "language_model": "zoo.tasks.sequence.LanguageModel",
 }
 
 

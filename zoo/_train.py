@@ -33,6 +33,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+import datamodules.charlm  # noqa: F401
 import datamodules.cifar10  # noqa: F401  (short class names: --data CIFAR10DataModule)
 import datamodules.names  # noqa: F401
 import zoo.tasks  # noqa: F401  (short class names: --model ImageClassifier)

@@ -317,3 +317,22 @@ def lstm_classifier(*, vocab_size: int, num_classes: int, **kwargs) -> Recurrent
 @register_model(task="sequence")
 def gru_classifier(*, vocab_size: int, num_classes: int, **kwargs) -> RecurrentClassifier:
     return _classifier("gru", vocab_size, num_classes, **kwargs)
+
+
+def _lm(cell: str, vocab_size: int, **kwargs) -> RecurrentLM:
+    return RecurrentLM(cell=cell, vocab_size=vocab_size, **kwargs)
+
+
+@register_model(task="language_model")
+def rnn_lm(*, vocab_size: int, **kwargs) -> RecurrentLM:
+    return _lm("rnn", vocab_size, **kwargs)
+
+
+@register_model(task="language_model")
+def lstm_lm(*, vocab_size: int, **kwargs) -> RecurrentLM:
+    return _lm("lstm", vocab_size, **kwargs)
+
+
+@register_model(task="language_model")
+def gru_lm(*, vocab_size: int, **kwargs) -> RecurrentLM:
+    return _lm("gru", vocab_size, **kwargs)

@@ -1,6 +1,6 @@
 """LightningModules: loss, metrics, optimisers and schedules around a net from ``zoo.nets``."""
 
 from zoo.tasks.image import ImageClassifier
-from zoo.tasks.sequence import SequenceClassifier
+from zoo.tasks.sequence import LanguageModel, SequenceClassifier
 
-__all__ = ["ImageClassifier", "SequenceClassifier"]
+__all__ = ["ImageClassifier", "LanguageModel", "SequenceClassifier"]

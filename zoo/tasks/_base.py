@@ -1,5 +1,6 @@
-"""What every task shares: the optimiser and per-step schedule from its hyperparameters, and a record of the
-DataModule class in each checkpoint (so that ``zoo publish`` can rebuild the data it was trained on)."""
+"""What every task shares: the optimiser and per-step schedule from its hyperparameters, a record of the
+DataModule class in each checkpoint (so that ``zoo publish`` can rebuild the data it was trained on), and the
+restore of resumable train loaders when a run resumes mid-epoch."""
 
 from __future__ import annotations
 
@@ -18,6 +19,21 @@ class Task(L.LightningModule):
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None:
             checkpoint["datamodule_class_path"] = f"{type(dm).__module__}.{type(dm).__qualname__}"
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        loops = checkpoint.get("loops") or {}
+        self._loader_states = loops.get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or []
+
+    def on_train_start(self) -> None:
+        """Lightning restores a train loader that has ``state_dict`` only if it was not set up before the restore,
+        and ``configure_optimizers`` sets it up when it reads ``estimated_stepping_batches`` (Lightning #20550):
+        the epoch would replay from its first batch. Apply the saved loader state here, before iteration."""
+        states, self._loader_states = getattr(self, "_loader_states", []), []
+        loaders = self.trainer.train_dataloader
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        stateful = [dl for dl in loaders if hasattr(dl, "load_state_dict") and hasattr(dl, "state_dict")]
+        for loader, state in zip(stateful, states):
+            loader.load_state_dict(state)
 
     def configure_optimizers(self):
         h = self.hparams
