@@ -14,6 +14,8 @@ DATAMODULES = {
     "images": "datamodules.images.ImageFolderDataModule",
     "names": "datamodules.names.NamesDataModule",
     "charlm": "datamodules.charlm.CharLMDataModule",
+    "adding": "datamodules.synthetic.AddingDataModule",
+    "copy": "datamodules.synthetic.CopyMemoryDataModule",
     "text": "datamodules.text_classification.TextClassificationDataModule",
 }
 

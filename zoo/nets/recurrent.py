@@ -252,12 +252,20 @@ class RecurrentClassifier(nn.Module):
         out, state = self.encoder(tokens, lengths)
         if not self.encoder.batch_first:
             out = out.transpose(0, 1)  # (B, T, D*H)
+        h = state[0] if isinstance(state, tuple) else state  # (L*D, B, H)
+        return self.pool(out, lengths, h[-self.encoder.num_directions :])
+
+    def pool(self, out: torch.Tensor, lengths: torch.Tensor | None = None, final: torch.Tensor | None = None):
+        """Read out batch-first encoder outputs ``(B, T, D*H)``. ``final``: the top layer's final states
+        ``(D, B, H)`` for ``last`` pooling; without them, the outputs of full-length sequences are read."""
         B, T, _ = out.shape
         if self.pooling == "none":
             return out
         if self.pooling == "last":
-            h = state[0] if isinstance(state, tuple) else state  # (L*D, B, H)
-            return h[-self.encoder.num_directions :].transpose(0, 1).reshape(B, -1)  # top layer, all directions
+            if final is not None:
+                return final.transpose(0, 1).reshape(B, -1)  # every direction's final state
+            h = self.encoder.hidden_size  # forward direction ends at T-1, the backward one at 0
+            return torch.cat([out[:, -1, :h], out[:, 0, h:]], -1)
         valid = torch.ones(B, T, dtype=torch.bool, device=out.device)
         if lengths is not None:
             valid = torch.arange(T, device=out.device) < lengths.to(out.device)[:, None]  # (B, T)

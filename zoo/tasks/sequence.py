@@ -21,6 +21,9 @@ __all__ = ["SequenceClassifier", "LanguageModel"]
 
 # The DataModules' tokenisers (datamodules.text), repeated here so that a model alone can read raw strings.
 TOKENIZE = {"char": list, "whitespace": str.split}
+OBJECTIVES = ("classify", "tag", "regress")
+IGNORE = -100  # targets that are not scored (per-step tasks)
+ADDING_TOLERANCE = 0.04  # Hochreiter & Schmidhuber 1997: an adding-problem answer is right within 0.04
 
 
 class SequenceClassifier(Task):
@@ -30,9 +33,14 @@ class SequenceClassifier(Task):
     are stored in the hyperparameters, so a checkpoint or published weights rebuild the model alone and
     ``predict(["Nakamura"])`` works on raw strings.
 
+    The DataModule's ``objective`` also sets what is learnt: ``classify`` (one label per sequence), ``tag`` (a
+    label per step, targets -100 not scored; the copy-memory task) or ``regress`` (one number per sequence, MSE
+    loss, ``acc`` = share of absolute errors below 0.04; the adding problem). DataModules of float features
+    give ``input_size`` instead of a vocabulary.
+
     Args:
         arch: ``rnn_classifier``, ``lstm_classifier`` or ``gru_classifier``.
-        vocab, classes, tokenizer, lowercase: filled from the DataModule when not given.
+        vocab, classes, tokenizer, lowercase, objective, input_size: filled from the DataModule when not given.
         embed_dim, hidden_size, num_layers, bidirectional, dropout, pooling: the net (``zoo.nets.recurrent``);
             ``net_kwargs`` for the rest (``residual``, ``nonlinearity``, ``recurrent_init``, ``forget_bias`` ...).
         pretrained: published weights ``name.tag`` to start from; their vocabulary and classes come with them
@@ -50,6 +58,8 @@ class SequenceClassifier(Task):
         "classes",
         "tokenizer",
         "lowercase",
+        "objective",
+        "input_size",
         "embed_dim",
         "hidden_size",
         "num_layers",
@@ -66,6 +76,8 @@ class SequenceClassifier(Task):
         classes: list[str] | None = None,
         tokenizer: str = "char",
         lowercase: bool = False,
+        objective: str = "classify",
+        input_size: int | None = None,
         embed_dim: int = 64,
         hidden_size: int = 128,
         num_layers: int = 1,
@@ -88,6 +100,7 @@ class SequenceClassifier(Task):
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("schedule", schedule, SCHEDULES)
         check_choice("tokenizer", tokenizer, tuple(TOKENIZE))
+        check_choice("objective", objective, OBJECTIVES)
         if get_entry(arch).kind != "sequence":
             raise ValueError(f"{arch!r} is not a sequence classifier; use one of rnn/lstm/gru_classifier")
         if lr <= 0 or weight_decay < 0 or not 0 <= label_smoothing < 1 or (grad_clip is not None and grad_clip <= 0):
@@ -102,10 +115,14 @@ class SequenceClassifier(Task):
             entry = _pretrained.get_pretrained(pretrained)["model_kwargs"]
             self.hparams.vocab = vocab if vocab is not None else entry["vocab"]
             self.hparams.classes = classes if classes is not None else entry["classes"]
-        if self.hparams.vocab is not None and self.hparams.classes is not None:
+        if self._buildable():
             self._build()
 
     # -- building from the data -------------------------------------------------------------------------------
+    def _buildable(self) -> bool:
+        h = self.hparams
+        return (h.vocab is not None or h.input_size is not None) and (h.classes is not None or h.objective == "regress")
+
     def _build(self) -> None:
         h = self.hparams
         kwargs = {
@@ -114,84 +131,113 @@ class SequenceClassifier(Task):
             "num_layers": h.num_layers,
             "bidirectional": h.bidirectional,
             "dropout": h.dropout,
-            "pooling": h.pooling,
+            "pooling": "none" if h.objective == "tag" else h.pooling,
+            **({"input_size": h.input_size} if h.vocab is None else {}),
             **(h.net_kwargs or {}),
         }
-        self.net = get_entry(h.arch).builder(vocab_size=len(h.vocab), num_classes=len(h.classes), **kwargs)
+        vocab_size = len(h.vocab) if h.vocab is not None else None
+        n = 1 if h.objective == "regress" else len(h.classes)
+        self.net = get_entry(h.arch).builder(vocab_size=vocab_size, num_classes=n, **kwargs)
         if h.pretrained:
             _pretrained.load_into(self.net, h.pretrained, arch=h.arch)
-        self.stoi = {t: i for i, t in enumerate(h.vocab)}
-        n = len(h.classes)
-        self.train_acc = MulticlassAccuracy(n, average="micro")
-        for stage in ("val", "test"):
-            setattr(self, f"{stage}_acc", MulticlassAccuracy(n, average="micro"))
-            setattr(self, f"{stage}_f1", MulticlassF1Score(n, average="macro"))
+        self.stoi = {t: i for i, t in enumerate(h.vocab or [])}
+        for stage in ("train", "val", "test"):
+            if h.objective == "regress":
+                setattr(self, f"{stage}_acc", MeanMetric())  # share of |error| < 0.04
+            else:
+                setattr(self, f"{stage}_acc", MulticlassAccuracy(n, average="micro", ignore_index=IGNORE))
+                if stage != "train":
+                    setattr(self, f"{stage}_f1", MulticlassF1Score(n, average="macro", ignore_index=IGNORE))
 
     def setup(self, stage: str) -> None:
-        """Take the vocabulary and classes from the DataModule (first fit), or check that they agree."""
+        """Take the vocabulary, classes and objective from the DataModule (first fit), or check that they agree."""
         dm = getattr(self.trainer, "datamodule", None)
         vocab, classes = getattr(dm, "vocab", None), list(getattr(dm, "classes", None) or [])
         itos = getattr(vocab, "itos", vocab)
+        h = self.hparams
         if self.net is None:
-            if not itos or not classes:
+            h.objective = getattr(dm, "objective", h.objective)
+            h.input_size = getattr(dm, "input_size", None) if itos is None else None
+            if (itos is None and h.input_size is None) or (not classes and h.objective != "regress"):
                 raise ValueError(
                     "the model needs a vocabulary and class names: give a DataModule with `vocab` and `classes` "
                     "(e.g. --data names) or pass --model.vocab and --model.classes"
                 )
-            self.hparams.vocab, self.hparams.classes = list(itos), classes
+            h.vocab = list(itos) if itos is not None else None
+            h.classes = classes or None
             dm_h = getattr(dm, "hparams", {})
-            self.hparams.tokenizer = dm_h.get("tokenizer", getattr(dm, "default_tokenizer", self.hparams.tokenizer))
-            self.hparams.lowercase = dm_h.get("lowercase", self.hparams.lowercase)
+            h.tokenizer = dm_h.get("tokenizer", getattr(dm, "default_tokenizer", h.tokenizer))
+            h.lowercase = dm_h.get("lowercase", h.lowercase)
             self._build()
         else:
-            if itos is not None and list(itos) != list(self.hparams.vocab):
+            if itos is not None and list(itos) != list(h.vocab or []):
                 raise ValueError(
-                    f"the data's vocabulary ({len(itos)} tokens) differs from the model's ({len(self.hparams.vocab)}):"
-                    " token ids would mean other tokens. Use the data the model was trained on."
+                    f"the data's vocabulary ({len(itos)} tokens) differs from the model's ({len(h.vocab or [])}): "
+                    "token ids would mean other tokens. Use the data the model was trained on."
                 )
-            if classes and classes != list(self.hparams.classes):
-                raise ValueError(
-                    f"the data's classes {classes[:5]}... differ from the model's {self.hparams.classes[:5]}"
-                )
-        if self.hparams.class_weighted and dm is not None and getattr(dm, "class_weights", None):
+            if classes and classes != list(h.classes or []):
+                raise ValueError(f"the data's classes {classes[:5]} differ from the model's {(h.classes or [])[:5]}")
+        if h.class_weighted and dm is not None and getattr(dm, "class_weights", None):
             self.class_weights = torch.tensor(dm.class_weights, dtype=torch.float32, device=self.device)
 
     # -- steps ------------------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(tokens, lengths)  # (B, C)
+        return self.net(tokens, lengths)  # (B, C); (B, T, C) for "tag"; (B, 1) for "regress"
 
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        w = self.class_weights
-        return F.cross_entropy(logits.float(), y, weight=w, label_smoothing=self.hparams.label_smoothing)
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.hparams.objective == "regress":
+            return F.mse_loss(out.float().squeeze(-1), y.float())
+        if self.hparams.objective == "tag":
+            out, y = out.flatten(0, 1), y.flatten()
+        return F.cross_entropy(
+            out.float(), y, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing, ignore_index=IGNORE
+        )
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> torch.Tensor:
         x, lengths, y = batch
-        logits = self(x, lengths)
-        loss = self._loss(logits, y)
-        self.train_acc(logits, y)
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(y))
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
+        out = self(x, lengths)
+        loss = self._loss(out, y)
+        n = len(y)
+        acc = getattr(self, f"{stage}_acc")
+        if self.hparams.objective == "regress":
+            acc.update(((out.detach().float().squeeze(-1) - y).abs() < ADDING_TOLERANCE).float())
+        else:
+            preds, target = (out.flatten(0, 1), y.flatten()) if self.hparams.objective == "tag" else (out, y)
+            acc.update(preds.detach(), target)
+            if stage != "train":
+                getattr(self, f"{stage}_f1").update(preds, target)
+                self.log(f"{stage}_f1", getattr(self, f"{stage}_f1"), batch_size=n)
+        train = stage == "train"
+        self.log(f"{stage}_loss", loss, prog_bar=train, sync_dist=not train, batch_size=n)
+        self.log(f"{stage}_acc", acc, prog_bar=not train, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
-    def _eval_step(self, batch, stage: str) -> None:
-        x, lengths, y = batch
-        logits = self(x, lengths)
-        acc, f1 = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_f1")
-        acc(logits, y)
-        f1(logits, y)
-        self.log(f"{stage}_loss", self._loss(logits, y), sync_dist=True, batch_size=len(y))
-        self.log(f"{stage}_acc", acc, prog_bar=True, batch_size=len(y))
-        self.log(f"{stage}_f1", f1, batch_size=len(y))
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self._step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        self._step(batch, "test")
+
+    @torch.enable_grad()
+    def hidden_state_gradients(self, batch, max_examples: int = 32) -> torch.Tensor:
+        """``||dL/dh_t||`` for every step ``t`` (top layer, forward direction; mean over up to ``max_examples`` of
+        the batch), from the step-by-step pass of ``RecurrentEncoder.unrolled_states`` with dropout off. Parameter
+        gradients are left untouched. Sequences are read at full length (the synthetic tasks' are equal)."""
+        x, _, y = (t[:max_examples] for t in batch)
+        was_training = self.training
+        self.eval()
+        out, hs = self.net.encoder.unrolled_states(x)
+        loss = self._loss(self.net.head(self.net.pool(out)), y)
+        grads = torch.autograd.grad(loss, hs)
+        self.train(was_training)
+        return torch.stack([g.norm(dim=-1).mean() for g in grads]).detach()  # (T,)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, lengths = batch[0], batch[1]
-        return self(x, lengths).softmax(-1)  # (B, C) probabilities
+        out = self(batch[0], batch[1])
+        return out.squeeze(-1) if self.hparams.objective == "regress" else out.softmax(-1)  # values or probabilities
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         val = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip
@@ -211,8 +257,11 @@ class SequenceClassifier(Task):
     @torch.no_grad()
     def predict(self, texts: str | list[str], top_k: int = 3) -> list[list[tuple[str, float]]]:
         """Top-``k`` ``(class, probability)`` for each raw string."""
-        if self.net is None:
-            raise RuntimeError("the model has no vocabulary yet: train it, or load a checkpoint / published weights")
+        if self.net is None or self.hparams.vocab is None or self.hparams.objective != "classify":
+            raise RuntimeError(
+                "predict() reads raw strings into a classifier with a vocabulary: train it first, or "
+                "load a checkpoint / published weights"
+            )
         texts = [texts] if isinstance(texts, str) else list(texts)
         ids = [self.encode(t) for t in texts]
         lengths = torch.tensor([len(i) for i in ids])
