@@ -131,6 +131,17 @@ def names_dir(tmp_path_factory) -> Path:
     return write_names(tmp_path_factory.mktemp("names_data"))
 
 
+@pytest.fixture(scope="session")
+def text_path(tmp_path_factory) -> Path:
+    """A small plain-text corpus for the language models."""
+    path = tmp_path_factory.mktemp("text") / "plays.txt"
+    lines = [
+        f"{who}:\nThe quick brown fox jumps over the lazy dog {i}.\n" for i, who in enumerate(["ROMEO", "JULIET"] * 60)
+    ]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def real_data_dir() -> Path:
     d = Path(os.environ.get("ZOO_DATA_DIR", ROOT.parent / "shared" / "data"))

@@ -38,12 +38,15 @@ def test_every_config_parses(config):
 
 
 @pytest.mark.parametrize("config", RECIPES, ids=RECIPES)
-def test_recipe_runs_fast_dev_run(config, cifar_dir, names_dir, tmp_path):
+def test_recipe_runs_fast_dev_run(config, cifar_dir, names_dir, text_path, tmp_path):
     args = ["fit", "--config", str(ROOT / config), "--config", str(ROOT / "configs/trainer/debug.yaml")]
     if "finetune" in config:
         args += ["--model.pretrained", "null"]  # weights are tested in test_pretrained.py
-    data = yaml.safe_load((ROOT / config).read_text())["data"]["class_path"]
-    data_args = ["--data.data_dir", str(names_dir)] if data.endswith("NamesDataModule") else fixture_args(cifar_dir)
+    data = yaml.safe_load((ROOT / config).read_text())["data"]["class_path"].rsplit(".", 1)[1]
+    data_args = {
+        "NamesDataModule": ["--data.data_dir", str(names_dir)],
+        "CharLMDataModule": ["--data.path", str(text_path), "--data.batch_size", "4"],
+    }.get(data) or fixture_args(cifar_dir)
     ok(run_train(args + data_args, tmp_path))
 
 

@@ -37,15 +37,23 @@ def model_table() -> str:
 
 def weights_table() -> str:
     """The README's table of published weights, from the manifest."""
-    rows = ["| weights | test top-1 | val top-1 | recipe | training |", "|---|---:|---:|---|---|"]
+    rows = ["| weights | test | validation | recipe | training |", "|---|---:|---:|---|---|"]
     for name, e in read_manifest().items():
         t = e["training"]
         hw = "; ".join(sorted({f"{r['hardware']}, {r['precision']}" for r in t.get("runs", [])}))
         rows.append(
-            f"| `{name}` | {100 * e['metrics']['test_acc']:.2f}% | {100 * e['metrics']['val_acc']:.2f}% "
+            f"| `{name}` | {_metric(e['metrics'], 'test')} | {_metric(e['metrics'], 'val')} "
             f"| [`{e['recipe']}`]({e['recipe']}) | {t['wall_time_s'] / 60:.0f} min, {t['steps']} steps on {hw} |"
         )
     return "\n".join(rows)
+
+
+def _metric(m: dict, split: str) -> str:
+    """The headline metric of a split: accuracy (and macro-F1 where measured), or nats per token for LMs."""
+    if f"{split}_acc" in m:
+        f1 = f", F1 {m[f'{split}_f1']:.3f}" if f"{split}_f1" in m else ""
+        return f"{100 * m[f'{split}_acc']:.2f}%{f1}"
+    return f"{m[f'{split}_loss']:.3f} nats/token"
 
 
 GENERATED = {"model-table": model_table, "weights-table": weights_table}
