@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules import DatasetError, default_data_dir
+from datamodules._base import SplitLoaders
 from datamodules.text import UNK, Vocab
 from datamodules.text import tokenizer as get_tokenizer
 
@@ -70,7 +70,7 @@ class ResumableLoader(DataLoader):
         self.dataset.skip = int(state["position"])
 
 
-class CharLMDataModule(L.LightningDataModule):
+class CharLMDataModule(SplitLoaders):
     """Args:
     path: a UTF-8 text file (default ``<data_dir>/tinyshakespeare/input.txt``).
     tokenizer: ``char`` or ``whitespace`` (word level); the vocabulary is built on the train split, tokens
@@ -136,16 +136,8 @@ class CharLMDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, split: str, batch_size: int) -> DataLoader:
+    def _loader(self, split: str, train: bool) -> DataLoader:
         rank, world = self._rank()
+        batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size
         ds = StreamBatches(self.splits[split], batch_size, self.hparams.seq_len, rank, world)
         return ResumableLoader(ds, batch_size=None)  # the dataset yields whole batches, in order
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size)

@@ -17,10 +17,10 @@ splits never share an example.
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from datamodules._base import SplitLoaders
 from datamodules.text import Vocab
 
 __all__ = ["AddingDataModule", "CopyMemoryDataModule", "adding_problem", "copy_memory"]
@@ -56,7 +56,7 @@ def copy_memory(
     return x, y
 
 
-class _SyntheticDataModule(L.LightningDataModule):
+class _SyntheticDataModule(SplitLoaders):
     objective = "classify"
     vocab: Vocab | None = None
     input_size: int | None = None
@@ -74,17 +74,8 @@ class _SyntheticDataModule(L.LightningDataModule):
             lengths = torch.full((n,), x.shape[1], dtype=torch.long)
             self.datasets[split] = TensorDataset(x, lengths, y)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=train)
 
 
 class AddingDataModule(_SyntheticDataModule):

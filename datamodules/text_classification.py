@@ -12,12 +12,12 @@ from collections import Counter, defaultdict
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from datamodules import DatasetError
+from datamodules._base import SplitLoaders
 from datamodules.text import BucketBatchSampler, Vocab, pad_collate
 from datamodules.text import tokenizer as get_tokenizer
 
@@ -46,7 +46,7 @@ def stratified_split(
     return out
 
 
-class TextClassificationDataModule(L.LightningDataModule):
+class TextClassificationDataModule(SplitLoaders):
     """Your own labelled texts.
 
     Args:
@@ -185,18 +185,6 @@ class TextClassificationDataModule(L.LightningDataModule):
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
 
 def _find_split(folder: Path, split: str) -> Path:
