@@ -57,7 +57,7 @@ def test_every_sequence_model_forward_backward(name):
 
 
 def names_dm(names_dir, **kw):
-    return NamesDataModule(str(names_dir), val_fraction=0.2, test_fraction=0.2, batch_size=8, **kw)
+    return NamesDataModule(str(names_dir), **{"val_fraction": 0.2, "test_fraction": 0.2, "batch_size": 8, **kw})
 
 
 def fit(model, dm, tmp_path, **kw):
@@ -142,3 +142,34 @@ def test_train_py_with_registry_names(name, names_dir, tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"run folder: runs/{name}-names/version_0" in res.stdout
+
+
+class _SaveBatches(L.Callback):
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        torch.save(batch[0], self.folder / f"rank{trainer.global_rank}_batch{batch_idx}.pt")
+
+
+def test_ddp_two_processes_bucketed_batches(names_dir, tmp_path):
+    """Under DDP Lightning puts a DistributedSampler inside the bucketing batch sampler: each rank reads its own
+    shard, both ranks step the same number of times (or DDP would hang)."""
+    model = zoo.create_model("gru_classifier", hidden_size=8)
+    trainer = L.Trainer(
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[_SaveBatches(tmp_path)],
+    )
+    trainer.fit(model, names_dm(names_dir, batch_size=4))
+    ranks = [sorted(tmp_path.glob(f"rank{r}_*.pt")) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2  # 16 train names, 8 per rank, batches of 4
+    rows = [{tuple(row.tolist()) for f in files for row in torch.load(f)} for files in ranks]
+    assert len(rows[0]) == len(rows[1]) == 8 and not rows[0] & rows[1]
