@@ -171,3 +171,33 @@ def test_train_py_language_models(name, text_file, tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"run folder: runs/{name}-charlm/version_0" in res.stdout
+
+
+class _SaveBatches(L.Callback):
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        torch.save(batch[0], self.folder / f"rank{trainer.global_rank}_batch{batch_idx}.pt")
+
+
+def test_ddp_ranks_read_their_own_streams_and_save_their_states(text_file, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    model = tiny_lm(bptt=8)
+    t = trainer(
+        tmp_path,
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        max_steps=6,
+        callbacks=[_SaveBatches(tmp_path), ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=6)],
+        enable_checkpointing=True,
+    )
+    t.fit(model, lm_dm(text_file))
+    batches = [torch.cat([torch.load(f) for f in sorted(tmp_path.glob(f"rank{r}_*.pt"))], 1) for r in (0, 1)]
+    assert batches[0].shape == batches[1].shape == (4, 48)  # 3 batches of 16 tokens (2 bptt steps each)
+    assert not torch.equal(batches[0], batches[1])
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    h, c = ckpt["carried_state"]
+    assert h.shape == c.shape == (2, 2, 4, 16) and not torch.equal(h[0], h[1])  # (world, layers, streams, hidden)
