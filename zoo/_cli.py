@@ -37,7 +37,7 @@ def model_table() -> str:
 
 def weights_table() -> str:
     """The README's table of published weights, from the manifest."""
-    rows = ["| weights | test | validation | recipe | training |", "|---|---:|---:|---|---|"]
+    rows = ["| weights | test | validation | recipe | training, up to this checkpoint |", "|---|---:|---:|---|---|"]
     for name, e in read_manifest().items():
         t = e["training"]
         hw = "; ".join(sorted({f"{r['hardware']}, {r['precision']}" for r in t.get("runs", [])}))
