@@ -242,4 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: {run}/checkpoints/interrupted.ckpt saved; resume with --ckpt_path last", file=sys.stderr)
         return 143
     cli.report()
+    for logger in cli.trainer.loggers:  # WandbLogger never finishes its run: flush its files before we exit
+        if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+            logger.experiment.finish()
     return 0
