@@ -34,6 +34,9 @@ def _isolated_env(tmp_path, monkeypatch):
     for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    # wandb.init in a test sets WANDB_SERVICE (its service's address) in os.environ: a train.py subprocess started
+    # later would attach to that service instead of its own and write no run files. Restored after each test.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
     monkeypatch.delenv("ZOO_RUN_DIR", raising=False)
 
 
