@@ -6,8 +6,10 @@ import sys
 import tarfile
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +27,16 @@ FIXTURE_ARGS = [
     "--data.eval_batch_size",
     "20",
 ]
+
+
+class SaveBatches(L.Callback):
+    """Saves each training batch's inputs as ``rank<r>_batch<i>.pt`` in ``folder`` (what each DDP rank read)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        torch.save(batch[0], self.folder / f"rank{trainer.global_rank}_batch{batch_idx}.pt")
 
 
 @pytest.fixture(autouse=True)

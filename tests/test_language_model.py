@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_train
+from conftest import SaveBatches, run_train
 
 import zoo
 from datamodules import DatasetError
@@ -173,14 +173,6 @@ def test_train_py_language_models(name, text_file, tmp_path):
     assert f"run folder: runs/{name}-charlm/version_0" in res.stdout
 
 
-class _SaveBatches(L.Callback):
-    def __init__(self, folder):
-        self.folder = folder
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        torch.save(batch[0], self.folder / f"rank{trainer.global_rank}_batch{batch_idx}.pt")
-
-
 def test_ddp_ranks_read_their_own_streams_and_save_their_states(text_file, tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -191,7 +183,7 @@ def test_ddp_ranks_read_their_own_streams_and_save_their_states(text_file, tmp_p
         accelerator="cpu",
         devices=2,
         max_steps=6,
-        callbacks=[_SaveBatches(tmp_path), ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=6)],
+        callbacks=[SaveBatches(tmp_path), ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=6)],
         enable_checkpointing=True,
     )
     t.fit(model, lm_dm(text_file))

@@ -3,7 +3,7 @@
 import lightning as L
 import pytest
 import torch
-from conftest import run_train
+from conftest import SaveBatches, run_train
 
 import zoo
 from datamodules.names import NamesDataModule
@@ -144,14 +144,6 @@ def test_train_py_with_registry_names(name, names_dir, tmp_path):
     assert f"run folder: runs/{name}-names/version_0" in res.stdout
 
 
-class _SaveBatches(L.Callback):
-    def __init__(self, folder):
-        self.folder = folder
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        torch.save(batch[0], self.folder / f"rank{trainer.global_rank}_batch{batch_idx}.pt")
-
-
 def test_ddp_two_processes_bucketed_batches(names_dir, tmp_path):
     """Under DDP Lightning puts a DistributedSampler inside the bucketing batch sampler: each rank reads its own
     shard, both ranks step the same number of times (or DDP would hang)."""
@@ -166,7 +158,7 @@ def test_ddp_two_processes_bucketed_batches(names_dir, tmp_path):
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
-        callbacks=[_SaveBatches(tmp_path)],
+        callbacks=[SaveBatches(tmp_path)],
     )
     trainer.fit(model, names_dm(names_dir, batch_size=4))
     ranks = [sorted(tmp_path.glob(f"rank{r}_*.pt")) for r in (0, 1)]
