@@ -193,3 +193,9 @@ def test_ddp_ranks_read_their_own_streams_and_save_their_states(text_file, tmp_p
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
     h, c = ckpt["carried_state"]
     assert h.shape == c.shape == (2, 2, 4, 16) and not torch.equal(h[0], h[1])  # (world, layers, streams, hidden)
+
+
+def test_bptt_longer_than_the_window_is_said(text_file, tmp_path):
+    model = tiny_lm(bptt=64)
+    with pytest.warns(UserWarning, match="bptt=64 is longer than the data's windows"):
+        trainer(tmp_path, fast_dev_run=1).fit(model, lm_dm(text_file, seq_len=16))

@@ -375,6 +375,12 @@ class LanguageModel(Task):
                 f"the data's vocabulary ({len(itos)} tokens) differs from the model's ({len(self.hparams.vocab)}): "
                 "token ids would mean other tokens. Use the text the model was trained on."
             )
+        seq_len = getattr(dm, "hparams", {}).get("seq_len")
+        if self.hparams.bptt and seq_len and self.hparams.bptt > seq_len:
+            rank_zero_warn(
+                f"bptt={self.hparams.bptt} is longer than the data's windows (seq_len={seq_len}): one optimiser step "
+                f"per window of {seq_len} tokens. Raise --data.seq_len to backpropagate further."
+            )
 
     # -- the carried state ------------------------------------------------------------------------------------
     def _carry(self, stage: str, state):
