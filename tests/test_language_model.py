@@ -199,3 +199,25 @@ def test_bptt_longer_than_the_window_is_said(text_file, tmp_path):
     model = tiny_lm(bptt=64)
     with pytest.warns(UserWarning, match="bptt=64 is longer than the data's windows"):
         trainer(tmp_path, fast_dev_run=1).fit(model, lm_dm(text_file, seq_len=16))
+
+
+def test_published_language_model_generates_alone(text_file, tmp_path, monkeypatch):
+    from zoo._publish import publish
+
+    L.seed_everything(0)
+    model = tiny_lm(bptt=8)
+    t = trainer(tmp_path, max_epochs=2)
+    t.fit(model, lm_dm(text_file))
+    t.save_checkpoint(tmp_path / "last.ckpt")
+    monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))
+    entry = publish(tmp_path / "last.ckpt", "fixture", "configs/lstm_lm.tinyshakespeare.yaml")
+    assert {"test_loss", "test_bpc", "val_loss"} <= set(entry["metrics"]) and "float32_test_loss" in entry[
+        "dtype_check"
+    ]
+    assert entry["data"]["init_args"]["path"] == str(text_file)
+    loaded = zoo.load_pretrained("lstm_lm.fixture")
+    assert (
+        loaded.generate("ROMEO:", 20, seed=1) == model.eval().generate("ROMEO:", 20, seed=1)
+        or entry["dtype"] == "float16"
+    )
+    assert len(loaded.generate("JULIET:", 20, seed=1)) == len("JULIET:") + 20

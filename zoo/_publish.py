@@ -4,6 +4,7 @@ manifest entry whose metrics are measured here, on the test split, never typed b
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -51,9 +52,11 @@ def data_spec(ckpt: dict) -> dict:
 
 def build_datamodule(spec: dict, data_dir: str | None = None) -> L.LightningDataModule:
     """Rebuild a DataModule from :func:`data_spec` (a manifest's ``data``), reading from ``data_dir``."""
-    module, _, cls = spec["class_path"].rpartition(".")
-    kwargs = {**spec["init_args"], "num_workers": 0, **({"data_dir": data_dir} if data_dir else {})}
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+    module, _, name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    accepted = inspect.signature(cls).parameters
+    extra = {"num_workers": 0, **({"data_dir": data_dir} if data_dir else {})}
+    return cls(**spec["init_args"], **{k: v for k, v in extra.items() if k in accepted})
 
 
 def evaluate(model: L.LightningModule, dm: L.LightningDataModule, stage: str) -> dict[str, float]:
@@ -83,8 +86,8 @@ def publish(
     """Write ``<arch>.<tag>.safetensors`` and its manifest entry; returns the entry.
 
     The weights are stored in float16 when that changes the test accuracy by at most ``fp16_tolerance``
-    percentage points (both measured here; ``None`` keeps float32). The published metrics are always those of
-    the stored weights."""
+    percentage points (a test loss, for language models, by at most ``fp16_tolerance / 100``; both measured
+    here; ``None`` keeps float32). The published metrics are always those of the stored weights."""
     ckpt = read_checkpoint(ckpt_path)
     hp = ckpt["hyper_parameters"]
     arch = hp["arch"]
@@ -98,14 +101,15 @@ def publish(
     val = evaluate(model, dm, "validate")
     test = evaluate(model, dm, "test")
     state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
-    dtype, storage = "float32", {"float32_test_acc": test["test_acc"]}
+    key = "test_acc" if "test_acc" in test else "test_loss"  # accuracy in points; a loss (nats) in 1/100 of them
+    dtype, storage = "float32", {f"float32_{key}": test[key]}
     if fp16_tolerance is not None:
         half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         model.net.load_state_dict(half)  # copied into the fp32 parameters, as loading the published file does
         val16, test16 = evaluate(model, dm, "validate"), evaluate(model, dm, "test")
-        storage["float16_test_acc"] = test16["test_acc"]
+        storage[f"float16_{key}"] = test16[key]
         storage["tolerance_points"] = fp16_tolerance
-        if abs(test16["test_acc"] - test["test_acc"]) * 100 <= fp16_tolerance + 1e-9:
+        if abs(test16[key] - test[key]) * 100 <= fp16_tolerance + 1e-9:
             dtype, state, val, test = "float16", half, val16, test16
     eval_s = time.time() - t0
     out_dir = out_dir or checkpoint_dir()
