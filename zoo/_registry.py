@@ -37,7 +37,7 @@ _REGISTRY: dict[str, ModelEntry] = {}
 TASKS = {
     "image": "zoo.tasks.image.ImageClassifier",
     "sequence": "zoo.tasks.sequence.SequenceClassifier",
-    "language_model": "zoo.tasks.sequence.LanguageModel",
+    "language_model": "zoo.tasks.language_model.LanguageModel",
 }
 
 

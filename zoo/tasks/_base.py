@@ -4,6 +4,9 @@ restore of resumable train loaders when a run resumes mid-epoch."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import lightning as L
 
 from zoo.tasks._optim import build_optimizer, build_schedule
@@ -14,6 +17,16 @@ __all__ = ["Task"]
 class Task(L.LightningModule):
     monitor: tuple[str, str] = ("val_loss", "min")  # what ModelCheckpoint selects on in train.py
     weights_kwargs: tuple[str, ...] = ()  # hyperparameters that rebuild the net of published weights
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode (no dropout) inside the block, the previous mode after it."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
