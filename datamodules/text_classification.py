@@ -131,9 +131,12 @@ class TextClassificationDataModule(SplitLoaders):
         return rows
 
     # -- setup ------------------------------------------------------------------------------------------------
-    def encode(self, text: str) -> torch.Tensor:
-        """One text to token ids (unknown tokens to ``<unk>``), cut to ``max_length``."""
-        tokens = self._tokenize(text.lower() if self.hparams.lowercase else text)
+    def tokens(self, text: str) -> list[str]:
+        return self._tokenize(text.lower() if self.hparams.lowercase else text)
+
+    def encode(self, text: str | list[str]) -> torch.Tensor:
+        """A text (or its tokens) to token ids (unknown tokens to ``<unk>``), cut to ``max_length``."""
+        tokens = self.tokens(text) if isinstance(text, str) else text
         return torch.tensor(self.vocab.encode(tokens[: self.hparams.max_length]), dtype=torch.long)
 
     def setup(self, stage: str | None = None) -> None:
@@ -147,23 +150,22 @@ class TextClassificationDataModule(SplitLoaders):
         unseen = sorted({label for s in ("val", "test") for _, label in splits[s]} - set(self.classes))
         if unseen:
             raise DatasetError(f"labels {unseen[:5]} appear in val/test but not in train; every class needs train data")
-        prep = (lambda t: t.lower()) if h.lowercase else (lambda t: t)
+        tokenized = {split: [(self.tokens(t), t, label) for t, label in examples] for split, examples in splits.items()}
         self.vocab = Vocab.build(
-            (self._tokenize(prep(t)) for t, _ in splits["train"]), min_freq=h.min_freq, max_size=h.get("max_vocab")
+            (tokens for tokens, _, _ in tokenized["train"]), min_freq=h.min_freq, max_size=h.get("max_vocab")
         )
         index = {c: i for i, c in enumerate(self.classes)}
         counts = Counter(label for _, label in splits["train"])
         n = sum(counts.values())
         self.class_weights = [n / (len(self.classes) * counts[c]) for c in self.classes]  # inverse frequency
         cut = 0
-        for split, examples in splits.items():
+        for split, examples in tokenized.items():
             data = []
-            for text, label in examples:
-                ids = self.encode(text)
-                if len(ids) == 0:
+            for tokens, text, label in examples:
+                if not tokens:
                     raise DatasetError(f"{split} example {text!r} has no tokens")
-                cut += h.max_length is not None and len(self._tokenize(prep(text))) > h.max_length
-                data.append((ids, index[label]))
+                cut += h.max_length is not None and len(tokens) > h.max_length
+                data.append((self.encode(tokens), index[label]))
             self.datasets[split] = data
         sizes = ", ".join(f"{s} {len(d)}" for s, d in self.datasets.items())
         rank_zero_info(f"{type(self).__name__}: {sizes}; {len(self.classes)} classes, vocabulary {len(self.vocab)}")

@@ -29,6 +29,19 @@ FIXTURE_ARGS = [
 ]
 
 
+def quiet_trainer(tmp_path: Path, **kw) -> L.Trainer:
+    """A Trainer for one epoch in ``tmp_path`` that logs, checkpoints and prints nothing; ``kw`` overrides."""
+    args = dict(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    return L.Trainer(**{**args, **kw})
+
+
 class SaveBatches(L.Callback):
     """Saves each training batch's inputs as ``rank<r>_batch<i>.pt`` in ``folder`` (what each DDP rank read)."""
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import SaveBatches, run_train
+from conftest import quiet_trainer as trainer
 
 import zoo
 from datamodules import DatasetError
@@ -27,18 +28,6 @@ def lm_dm(path, **kw):
 
 def tiny_lm(name="lstm_lm", **kw):
     return zoo.create_model(name, embed_dim=8, hidden_size=16, num_layers=2, dropout=0.0, **kw)
-
-
-def trainer(tmp_path, **kw):
-    args = dict(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return L.Trainer(**{**args, **kw})
 
 
 def test_stream_batches_are_contiguous_per_stream_and_sharded_per_rank():

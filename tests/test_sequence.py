@@ -3,7 +3,7 @@
 import lightning as L
 import pytest
 import torch
-from conftest import SaveBatches, run_train
+from conftest import SaveBatches, quiet_trainer, run_train
 
 import zoo
 from datamodules.names import NamesDataModule
@@ -61,15 +61,7 @@ def names_dm(names_dir, **kw):
 
 
 def fit(model, dm, tmp_path, **kw):
-    args = dict(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer = L.Trainer(**{**args, **kw})
+    trainer = quiet_trainer(tmp_path, **kw)
     trainer.fit(model, dm)
     return trainer
 
@@ -148,19 +140,15 @@ def test_ddp_two_processes_bucketed_batches(names_dir, tmp_path):
     """Under DDP Lightning puts a DistributedSampler inside the bucketing batch sampler: each rank reads its own
     shard, both ranks step the same number of times (or DDP would hang)."""
     model = zoo.create_model("gru_classifier", hidden_size=8)
-    trainer = L.Trainer(
+    fit(
+        model,
+        names_dm(names_dir, batch_size=4),
+        tmp_path,
         strategy="ddp_spawn",
         accelerator="cpu",
         devices=2,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
         callbacks=[SaveBatches(tmp_path)],
     )
-    trainer.fit(model, names_dm(names_dir, batch_size=4))
     ranks = [sorted(tmp_path.glob(f"rank{r}_*.pt")) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 2  # 16 train names, 8 per rank, batches of 4
     rows = [{tuple(row.tolist()) for f in files for row in torch.load(f)} for files in ranks]
