@@ -136,6 +136,27 @@ def test_training_lowers_the_loss_and_sampling_is_seeded(text_file, tmp_path):
         model.generate("x", 1, top_p=1.5)
 
 
+def test_state_resets_teach_the_model_to_start_from_a_fresh_state(text_file, tmp_path):
+    """Trained only on carried states, the model reads a window from a zero state (a prompt) badly; resetting a
+    share of the streams during training fixes that without hurting the carried-state loss."""
+
+    def fresh_state_loss(reset_prob):
+        L.seed_everything(0)
+        model, dm = tiny_lm(lr=1e-2, schedule="constant", reset_prob=reset_prob), lm_dm(text_file)
+        t = trainer(tmp_path, max_epochs=6)
+        t.fit(model, dm)
+        windows = dm.splits["val"][: len(dm.splits["val"]) // 16 * 16].view(-1, 16)  # each read from a zero state
+        with torch.no_grad():
+            logits, _ = model.eval()(windows[:, :-1])
+        return float(F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())), float(t.callback_metrics["val_loss"])
+
+    never, carried_never = fresh_state_loss(0.0)
+    resets, carried_resets = fresh_state_loss(0.1)
+    assert resets < never / 2 and carried_resets < carried_never + 0.1
+    with pytest.raises(ValueError, match="reset_prob"):
+        tiny_lm(reset_prob=1.5)
+
+
 @pytest.mark.parametrize("name", LM_MODELS, ids=LM_MODELS)
 def test_train_py_language_models(name, text_file, tmp_path):
     res = run_train(

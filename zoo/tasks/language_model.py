@@ -34,6 +34,10 @@ class LanguageModel(TextTask):
         embed_dim, hidden_size, num_layers, dropout, tie_weights: the net; ``net_kwargs`` for the rest.
         bptt: tokens per truncated-BPTT step (default: the whole window of a batch).
         grad_clip: gradient-norm clipping, applied at every step (on in every recurrent recipe).
+        reset_prob: chance that a stream's carried state is zeroed before a training batch. Without it the model
+            only ever sees a zero state at the start of an epoch, and text generated from a fresh state (a
+            prompt) is poor; a few resets per epoch teach it to start anywhere. Drawn from a generator seeded
+            by the step, so a resumed run draws the same resets.
     """
 
     monitor = ("val_loss", "min")
@@ -68,6 +72,7 @@ class LanguageModel(TextTask):
         schedule: str = "cosine",
         warmup_epochs: float = 0.0,
         grad_clip: float | None = 1.0,
+        reset_prob: float = 0.02,
     ) -> None:
         super().__init__()
         check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -77,6 +82,8 @@ class LanguageModel(TextTask):
             raise ValueError(f"{arch!r} is not a language model; use one of rnn_lm, lstm_lm, gru_lm")
         if lr <= 0 or (bptt is not None and bptt < 1) or (grad_clip is not None and grad_clip <= 0):
             raise ValueError(f"need lr > 0, bptt >= 1, grad_clip > 0 or None; got {lr}, {bptt}, {grad_clip}")
+        if not 0 <= reset_prob <= 1:
+            raise ValueError(f"reset_prob is a probability in [0, 1]; got {reset_prob}")
         self.save_hyperparameters()
         self.automatic_optimization = False  # truncated BPTT: several optimiser steps per batch
         self.net: nn.Module | None = None
@@ -157,6 +164,13 @@ class LanguageModel(TextTask):
         mine = [(p[rank] if p.dim() == 4 else p).to(self.device) for p in parts]
         self._state["train"] = tuple(mine) if len(mine) == 2 else mine[0]
 
+    def _reset_some(self, state):
+        """``state`` with the streams drawn for a reset (each with ``reset_prob``) set to zero."""
+        h = state[0] if isinstance(state, tuple) else state  # (layers, B, H)
+        g = torch.Generator().manual_seed(self.global_step * 7919 + self.global_rank)
+        keep = (torch.rand(h.shape[1], generator=g) >= self.hparams.reset_prob).to(h.device, h.dtype)[None, :, None]
+        return tuple(s * keep for s in state) if isinstance(state, tuple) else state * keep
+
     # -- steps ------------------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, state=None):
         return self.net(tokens, state)  # (B, T, V), state
@@ -168,6 +182,8 @@ class LanguageModel(TextTask):
         total, state = 0.0, self._state["train"]
         if state is not None and (state[0] if isinstance(state, tuple) else state).shape[1] != x.shape[0]:
             state = None  # a batch of another size (the last, shorter split): start afresh
+        elif state is not None and self.hparams.reset_prob:
+            state = self._reset_some(state)
         for xs, ys in zip(x.split(step, 1), y.split(step, 1)):
             logits, state = self(xs, state)
             loss = F.cross_entropy(logits.float().flatten(0, 1), ys.flatten())
