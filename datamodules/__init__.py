@@ -17,6 +17,7 @@ DATAMODULES = {
     "adding": "datamodules.synthetic.AddingDataModule",
     "copy": "datamodules.synthetic.CopyMemoryDataModule",
     "text": "datamodules.text_classification.TextClassificationDataModule",
+    "translation": "datamodules.translation.TranslationDataModule",
 }
 
 

@@ -148,7 +148,8 @@ def test_state_resets_teach_the_model_to_start_from_a_fresh_state(text_file, tmp
         windows = dm.splits["val"][: len(dm.splits["val"]) // 16 * 16].view(-1, 16)  # each read from a zero state
         with torch.no_grad():
             logits, _ = model.eval()(windows[:, :-1])
-        return float(F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())), float(t.callback_metrics["val_loss"])
+        fresh = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+        return float(fresh), float(t.callback_metrics["val_loss"])
 
     never, carried_never = fresh_state_loss(0.0)
     resets, carried_resets = fresh_state_loss(0.1)

@@ -38,6 +38,7 @@ TASKS = {
     "image": "zoo.tasks.image.ImageClassifier",
     "sequence": "zoo.tasks.sequence.SequenceClassifier",
     "language_model": "zoo.tasks.language_model.LanguageModel",
+    "seq2seq": "zoo.tasks.translation.Seq2Seq",
 }
 
 

@@ -37,6 +37,7 @@ import datamodules.charlm  # noqa: F401
 import datamodules.cifar10  # noqa: F401  (short class names: --data CIFAR10DataModule)
 import datamodules.names  # noqa: F401
 import datamodules.synthetic  # noqa: F401
+import datamodules.translation  # noqa: F401
 import zoo.tasks  # noqa: F401  (short class names: --model ImageClassifier)
 from datamodules import DATAMODULES
 from zoo._registry import UnknownModelError, get_entry

@@ -48,6 +48,13 @@ class Task(L.LightningModule):
         for loader, state in zip(stateful, states):
             loader.load_state_dict(state)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by the ``grad_clip`` hyperparameter (norm) when the task has one; ``--trainer.gradient_clip_val``
+        overrides it."""
+        val = gradient_clip_val if gradient_clip_val is not None else self.hparams.get("grad_clip")
+        if val:
+            self.clip_gradients(optimizer, val, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+
     def configure_optimizers(self):
         h = self.hparams
         opt = build_optimizer(self.net, h.optimizer, h.lr, h.weight_decay, h.momentum)

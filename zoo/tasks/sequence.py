@@ -228,13 +228,6 @@ class SequenceClassifier(TextTask):
         out = self(batch[0], batch[1])
         return out.squeeze(-1) if self.hparams.objective == "regress" else out.softmax(-1)  # values or probabilities
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        val = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip
-        if val:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=val, gradient_clip_algorithm=gradient_clip_algorithm or "norm"
-            )
-
     # -- raw strings ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, texts: str | list[str], top_k: int = 3) -> list[list[tuple[str, float]]]:

@@ -1,0 +1,313 @@
+"""Sequence to sequence: translation with the encoder-decoders of ``zoo.nets.seq2seq``, and the sequence
+autoencoder."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.text import SacreBLEUScore
+
+from zoo import _pretrained
+from zoo._registry import get_entry
+from zoo.nets.seq2seq import Hypothesis
+from zoo.tasks._base import Task
+from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, check_choice
+
+__all__ = ["Seq2Seq", "TextCodec", "detokenize"]
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # the DataModule's specials, the same on both sides
+_CLOSING = frozenset(".,!?;:%)]}")
+
+
+def detokenize(tokens: list[str]) -> str:
+    """Words joined by spaces, without the space before closing punctuation or after an opening bracket, and
+    straight double quotes taken as alternately opening and closing."""
+    out, glue, quote_open = [], True, False
+    for t in tokens:
+        closing = t in _CLOSING or (t == '"' and quote_open)
+        out.append(t if glue or closing else " " + t)
+        glue = t in "([{" or (t == '"' and not quote_open)
+        quote_open ^= t == '"'
+    return "".join(out)
+
+
+class TextCodec:
+    """Raw text <-> ids for one side, from the DataModule's spec (``tokenizer`` ``word`` with its ``pattern``,
+    or ``bpe`` with the serialised ``tokenizers`` model; ``lowercase``; ``vocab``)."""
+
+    def __init__(self, spec: dict) -> None:
+        self.spec, self.itos = spec, list(spec["vocab"])
+        self.stoi = {t: i for i, t in enumerate(self.itos)}
+        if spec["tokenizer"] == "bpe":
+            from tokenizers import Tokenizer
+
+            self.bpe = Tokenizer.from_str(spec["bpe"])
+        else:
+            self.bpe, self.pattern = None, re.compile(spec["pattern"])
+
+    def tokens(self, text: str) -> list[str]:
+        text = text.lower() if self.spec.get("lowercase") else text
+        return self.bpe.encode(text).tokens if self.bpe else self.pattern.findall(text)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.stoi.get(t, UNK_ID) for t in self.tokens(text)]
+
+    def decode(self, ids: list[int]) -> str:
+        if self.bpe:
+            return self.bpe.decode(ids)
+        return detokenize([self.itos[i] for i in ids])
+
+
+class Seq2Seq(Task):
+    """Encoder-decoder trained with teacher forcing (cross-entropy with label smoothing), or with a share of its
+    own predictions fed back (``teacher_forcing`` < 1).
+
+    Metrics: ``val_loss`` / ``test_loss`` are the teacher-forced NLL per target token (no smoothing) and
+    ``*_ppl_tf`` its exponential, the teacher-forced perplexity. ``val_bleu`` is corpus sacreBLEU (13a
+    tokenisation, cased) of greedy translations of the detokenised outputs against the raw references;
+    ``test_bleu`` the same with beam search (``beam``, ``alpha``), ``test_bleu_greedy`` with greedy decoding, and
+    ``test_bleu_tok`` lowercased BLEU over the model's own tokens (no re-tokenisation; what tutorials that
+    lowercase and tokenise Multi30k report).
+
+    Args:
+        arch: ``seq2seq_gru_attn``, ``seq2seq_lstm_attn``, ``seq2seq_gru`` or ``seq_autoencoder``.
+        src_spec, tgt_spec: each side's tokeniser and vocabulary, filled from the DataModule at the first fit.
+        embed_dim, hidden_size, num_layers, bidirectional, dropout: the net; ``net_kwargs`` for the rest
+            (``attention``, ``input_feeding``, ``tie_embeddings``, ``cell`` ...).
+        teacher_forcing: the share of steps fed the reference token in training (1.0: always).
+        label_smoothing: of the training loss (Szegedy et al. 2016).
+        beam, alpha, max_len_a, max_len_b: test-time beam search and its length limit ``a * |src| + b``.
+        max_source_len: longer sources are refused by ``translate`` (split them into sentences).
+    """
+
+    monitor = ("val_bleu", "max")
+    weights_kwargs = (
+        "src_spec",
+        "tgt_spec",
+        "embed_dim",
+        "hidden_size",
+        "num_layers",
+        "bidirectional",
+        "dropout",
+        "net_kwargs",
+    )
+
+    def __init__(
+        self,
+        arch: str = "seq2seq_gru_attn",
+        src_spec: dict | None = None,
+        tgt_spec: dict | None = None,
+        embed_dim: int = 256,
+        hidden_size: int = 512,
+        num_layers: int = 1,
+        bidirectional: bool = True,
+        dropout: float = 0.3,
+        net_kwargs: dict | None = None,
+        pretrained: str | None = None,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        schedule: str = "cosine",
+        warmup_epochs: float = 0.0,
+        teacher_forcing: float = 1.0,
+        label_smoothing: float = 0.1,
+        grad_clip: float | None = 1.0,
+        beam: int = 5,
+        alpha: float = 0.6,
+        max_len_a: float = 1.5,
+        max_len_b: int = 10,
+        max_source_len: int = 256,
+    ) -> None:
+        super().__init__()
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+        check_choice("schedule", schedule, SCHEDULES)
+        if get_entry(arch).kind != "seq2seq":
+            raise ValueError(f"{arch!r} is not a seq2seq model; use one of seq2seq_gru_attn, seq2seq_lstm_attn, ...")
+        if lr <= 0 or not 0 <= teacher_forcing <= 1 or not 0 <= label_smoothing < 1 or beam < 1 or alpha < 0:
+            raise ValueError(
+                f"need lr > 0, 0 <= teacher_forcing <= 1, 0 <= label_smoothing < 1, beam >= 1, alpha >= 0; got "
+                f"{lr}, {teacher_forcing}, {label_smoothing}, {beam}, {alpha}"
+            )
+        if grad_clip is not None and grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 or None; got {grad_clip}")
+        self.save_hyperparameters()
+        self.net: nn.Module | None = None
+        if pretrained and (src_spec is None or tgt_spec is None):
+            entry = _pretrained.get_pretrained(pretrained)["model_kwargs"]
+            self.hparams.src_spec, self.hparams.tgt_spec = entry["src_spec"], entry["tgt_spec"]
+        if self.hparams.src_spec is not None and self.hparams.tgt_spec is not None:
+            self._build()
+
+    def _build(self) -> None:
+        h = self.hparams
+        if h.arch == "seq_autoencoder" and h.src_spec["vocab"] != h.tgt_spec["vocab"]:
+            raise ValueError(
+                "seq_autoencoder reads and writes the same text, but the data's two sides have other vocabularies: "
+                "give --data.source alone (one text file), or one language on both sides (--data.src_lang en "
+                "--data.tgt_lang en)"
+            )
+        self.src_codec, self.tgt_codec = TextCodec(h.src_spec), TextCodec(h.tgt_spec)
+        kwargs = {
+            "embed_dim": h.embed_dim,
+            "hidden_size": h.hidden_size,
+            "num_layers": h.num_layers,
+            "bidirectional": h.bidirectional,
+            "dropout": h.dropout,
+            **(h.net_kwargs or {}),
+        }
+        self.net = get_entry(h.arch).builder(
+            src_vocab_size=len(h.src_spec["vocab"]), tgt_vocab_size=len(h.tgt_spec["vocab"]), **kwargs
+        )
+        if h.pretrained:
+            _pretrained.load_into(self.net, h.pretrained, arch=h.arch)
+        self.val_nll, self.test_nll = MeanMetric(), MeanMetric()
+        self.val_bleu = SacreBLEUScore(tokenize="13a")
+        self.test_bleu, self.test_bleu_greedy = SacreBLEUScore(tokenize="13a"), SacreBLEUScore(tokenize="13a")
+        self.test_bleu_tok = SacreBLEUScore(tokenize="none", lowercase=True)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        specs = getattr(dm, "src_spec", None), getattr(dm, "tgt_spec", None)
+        if self.net is None:
+            if None in specs:
+                raise ValueError(
+                    "the model needs vocabularies: give a DataModule with src_spec/tgt_spec (--data translation)"
+                )
+            self.hparams.src_spec, self.hparams.tgt_spec = specs
+            self._build()
+        elif None not in specs and [s["vocab"] for s in specs] != [self.src_codec.itos, self.tgt_codec.itos]:
+            raise ValueError(
+                "the data's vocabularies differ from the model's: token ids would mean other tokens. Use the data "
+                "(and tokenizer settings) the model was trained on."
+            )
+
+    # -- steps ------------------------------------------------------------------------------------------------
+    def forward(self, src, src_lengths, tgt_in, teacher_forcing: float = 1.0):
+        return self.net(src, src_lengths, tgt_in, teacher_forcing=teacher_forcing)
+
+    def _nll(self, logits, tgt_out, smoothing: float = 0.0) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID, label_smoothing=smoothing
+        )
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        src, lengths, tgt, _ = batch
+        logits, _ = self(src, lengths, tgt[:, :-1], self.hparams.teacher_forcing)
+        loss = self._nll(logits, tgt[:, 1:], self.hparams.label_smoothing)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(src))
+        return loss
+
+    def _references(self, stage: str, tgt: torch.Tensor, index: torch.Tensor) -> list[str]:
+        """The raw reference sentences of the batch, from the DataModule (else decoded from the target ids)."""
+        refs = getattr(getattr(self.trainer, "datamodule", None), "references", {}).get(stage)
+        if refs is not None:
+            return [refs[i] for i in index.tolist()]
+        return [self.tgt_codec.decode([t for t in row.tolist()[1:] if t > EOS_ID]) for row in tgt]
+
+    def _eval_step(self, batch, stage: str) -> None:
+        src, lengths, tgt, index = batch
+        logits, _ = self(src, lengths, tgt[:, :-1])
+        n = int((tgt[:, 1:] != PAD_ID).sum())
+        getattr(self, f"{stage}_nll").update(self._nll(logits, tgt[:, 1:]), n)
+        refs = [[r] for r in self._references(stage, tgt, index)]
+        h = self.hparams
+        greedy = self.net.greedy(src, lengths, max_len_a=h.max_len_a, max_len_b=h.max_len_b)
+        if stage == "val":
+            self.val_bleu.update([self.tgt_codec.decode(g.tokens) for g in greedy], refs)
+            return
+        self.test_bleu_greedy.update([self.tgt_codec.decode(g.tokens) for g in greedy], refs)
+        beams = self.net.beam_search(src, lengths, h.beam, h.alpha, h.max_len_a, h.max_len_b)
+        self.test_bleu.update([self.tgt_codec.decode(b[0].tokens) for b in beams], refs)
+        tok = [" ".join(self.tgt_codec.itos[i] for i in b[0].tokens) for b in beams]
+        self.test_bleu_tok.update(tok, [[" ".join(self.tgt_codec.tokens(r[0]))] for r in refs])
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        nll = getattr(self, f"{stage}_nll").compute()
+        self.log(f"{stage}_loss", nll, prog_bar=True)
+        self.log(f"{stage}_ppl_tf", nll.exp())
+        names = ("bleu",) if stage == "val" else ("bleu", "bleu_greedy", "bleu_tok")
+        for name in names:
+            metric = getattr(self, f"{stage}_{name}")
+            self.log(f"{stage}_{name}", metric.compute() * 100, prog_bar=name == "bleu")
+            metric.reset()
+        getattr(self, f"{stage}_nll").reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # -- raw strings ------------------------------------------------------------------------------------------
+    def _batch(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.net is None:
+            raise RuntimeError("the model has no vocabularies yet: train it, or load a checkpoint / published weights")
+        ids = [self.src_codec.encode(s) or [UNK_ID] for s in sentences]
+        for i, x in enumerate(ids):
+            if len(x) > self.hparams.max_source_len:
+                raise ValueError(
+                    f"sentence {i} has {len(x)} tokens, more than max_source_len={self.hparams.max_source_len}: split "
+                    "it into sentences (or raise --model.max_source_len)"
+                )
+        lengths = torch.tensor([len(x) for x in ids])
+        src = nn.utils.rnn.pad_sequence([torch.tensor(x) for x in ids], batch_first=True, padding_value=PAD_ID)
+        return src.to(self.device), lengths
+
+    @torch.no_grad()
+    def translate(
+        self,
+        sentences: str | list[str],
+        beam: int = 5,
+        alpha: float | None = None,
+        nbest: int = 1,
+        return_attention: bool = False,
+    ):
+        """Translate raw sentences (beam 1: greedy). Returns one string per sentence; with ``nbest`` > 1 a list of
+        ``(translation, score)`` per sentence; with ``return_attention`` a dict per sentence (per hypothesis with
+        ``nbest`` > 1) holding ``translation``, ``score``, ``source_tokens``, ``target_tokens`` and ``attention``
+        (target steps x source tokens, the last row being the EOS step), ready for a heatmap."""
+        single = isinstance(sentences, str)
+        sentences = [sentences] if single else list(sentences)
+        h = self.hparams
+        src, lengths = self._batch(sentences)
+        with self.evaluating():
+            if beam == 1:
+                hyps = [[g] for g in self.net.greedy(src, lengths, h.max_len_a, h.max_len_b, alpha or 0.0)]
+            else:
+                a = h.alpha if alpha is None else alpha
+                hyps = self.net.beam_search(src, lengths, beam, a, h.max_len_a, h.max_len_b, nbest=nbest)
+        out = [[self._render(s, hyp, nbest, return_attention) for hyp in hs] for s, hs in zip(sentences, hyps)]
+        out = [o if nbest > 1 else o[0] for o in out]
+        return out[0] if single else out
+
+    def _render(self, sentence: str, hyp: Hypothesis, nbest: int, attention: bool):
+        text = self.tgt_codec.decode(hyp.tokens)
+        if not attention:
+            return (text, hyp.score) if nbest > 1 else text
+        return {
+            "translation": text,
+            "score": hyp.score,
+            "source_tokens": self.src_codec.tokens(sentence),
+            "target_tokens": [self.tgt_codec.itos[i] for i in hyp.tokens] + ["<eos>"],
+            "attention": hyp.attention,
+        }
+
+    @torch.no_grad()
+    def encode(self, sequences: str | list[str]) -> torch.Tensor:
+        """The fixed-size code of each raw sequence (N, K): the encoder's final state (for ``seq_autoencoder``,
+        the vector the decoder rebuilds the sequence from)."""
+        sequences = [sequences] if isinstance(sequences, str) else list(sequences)
+        src, lengths = self._batch(sequences)
+        with self.evaluating():
+            return self.net.features(src, lengths).float().cpu()
