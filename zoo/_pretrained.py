@@ -54,7 +54,12 @@ def get_pretrained(name: str) -> dict:
             f"available for {model}: {', '.join(sorted(same))}" if same else f"available: {', '.join(sorted(manifest))}"
         )
         raise PretrainedError(f"no published weights named {name!r} in {checkpoint_dir() / 'manifest.json'}; {hint}")
-    return manifest[name]
+    entry = manifest[name]
+    side = entry.get("model_kwargs_file")
+    if side:  # large kwargs (vocabularies, tokenisers) stored beside the weights
+        path = _checked(name, checkpoint_dir() / side["file"], side["sha256"])
+        entry = {**entry, "model_kwargs": {**entry["model_kwargs"], **json.loads(path.read_text(encoding="utf-8"))}}
+    return entry
 
 
 def sha256_of(path: Path) -> str:
@@ -66,13 +71,17 @@ def sha256_of(path: Path) -> str:
 
 
 def weights_path(name: str, entry: dict) -> Path:
-    path = checkpoint_dir() / entry["file"]
+    return _checked(name, checkpoint_dir() / entry["file"], entry["sha256"])
+
+
+def _checked(name: str, path: Path, sha256: str) -> Path:
+    """``path``, after checking that it exists and has the manifest's sha256."""
     if not path.is_file():
-        raise PretrainedError(f"weights file for {name!r} is missing: looked for {path}")
+        raise PretrainedError(f"a file of the weights {name!r} is missing: looked for {path}")
     digest = sha256_of(path)
-    if digest != entry["sha256"]:
+    if digest != sha256:
         raise PretrainedError(
-            f"{path} has sha256 {digest}, the manifest says {entry['sha256']}: the file is corrupt or was replaced. "
+            f"{path} has sha256 {digest}, the manifest says {sha256}: the file is corrupt or was replaced. "
             "Refusing to load it; restore it (git checkout / re-download) and try again."
         )
     return path

@@ -73,6 +73,7 @@ def evaluate(model: L.LightningModule, dm: L.LightningDataModule, stage: str) ->
 
 
 FP16_TOLERANCE = 0.05  # percentage points of test accuracy that fp16 storage may change
+LARGE_KWARG = 2000  # characters of JSON: model kwargs larger than this go to <name>.kwargs.json
 
 
 def publish(
@@ -101,7 +102,9 @@ def publish(
     val = evaluate(model, dm, "validate")
     test = evaluate(model, dm, "test")
     state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
-    key = "test_acc" if "test_acc" in test else "test_loss"  # accuracy in points; a loss (nats) in 1/100 of them
+    # accuracy (a fraction) and BLEU (0-100) compared in points; a loss (nats) in 1/100 of them
+    key = next(k for k in ("test_acc", "test_bleu", "test_loss") if k in test)
+    scale = 1.0 if key == "test_bleu" else 100.0
     dtype, storage = "float32", {f"float32_{key}": test[key]}
     if fp16_tolerance is not None:
         half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -109,7 +112,7 @@ def publish(
         val16, test16 = evaluate(model, dm, "validate"), evaluate(model, dm, "test")
         storage[f"float16_{key}"] = test16[key]
         storage["tolerance_points"] = fp16_tolerance
-        if abs(test16[key] - test[key]) * 100 <= fp16_tolerance + 1e-9:
+        if abs(test16[key] - test[key]) * scale <= fp16_tolerance + 1e-9:
             dtype, state, val, test = "float16", half, val16, test16
     eval_s = time.time() - t0
     out_dir = out_dir or checkpoint_dir()
@@ -119,6 +122,13 @@ def publish(
     save_file(state, str(file), metadata={"model": arch, "name": name})
     record = ckpt.get("callbacks", {}).get("TrainingRecord", {})
     model_kwargs = {k: hp[k] for k in cls.weights_kwargs if hp.get(k) is not None}
+    large = {k: v for k, v in model_kwargs.items() if len(json.dumps(v)) > LARGE_KWARG}
+    side_file = {}
+    if large:  # vocabularies, tokenisers: beside the weights, so that the manifest stays readable
+        side = out_dir / f"{name}.kwargs.json"
+        side.write_text(json.dumps(large, ensure_ascii=False) + "\n", encoding="utf-8")
+        model_kwargs = {k: v for k, v in model_kwargs.items() if k not in large}
+        side_file = {"model_kwargs_file": {"file": side.name, "sha256": sha256_of(side), "keys": sorted(large)}}
     dm_hp = ckpt.get("datamodule_hyper_parameters") or {}
     split = ", ".join(f"{k}={dm_hp[k]}" for k in ("val_size", "val_fraction", "split_seed") if k in dm_hp)
     entry = {
@@ -126,6 +136,7 @@ def publish(
         "sha256": sha256_of(file),
         "model": arch,
         "model_kwargs": model_kwargs,
+        **side_file,
         "params": sum(v.numel() for k, v in state.items() if "running_" not in k and "num_batches" not in k),
         "dtype": dtype,
         "dtype_check": storage,
