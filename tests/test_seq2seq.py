@@ -343,3 +343,16 @@ def test_published_translator_works_alone(toy_tsv, tmp_path, monkeypatch):
     side.write_text(side.read_text().replace("hund", "hunt"))
     with pytest.raises(zoo.PretrainedError, match="sha256"):
         zoo.load_pretrained("seq2seq_gru_attn.toy")
+
+
+def test_bf16_autocast_and_ddp(toy_tsv, tmp_path):
+    """bf16-mixed trains (the recurrences stay fp32 on the CPU); two DDP processes train and validate."""
+    L.seed_everything(0)
+    model = zoo.create_model("seq2seq_lstm_attn", embed_dim=16, hidden_size=16, input_feeding=True)
+    t = trainer(tmp_path, limit_train_batches=3, precision="bf16-mixed", limit_val_batches=1)
+    t.fit(model, toy_dm(toy_tsv))
+    assert math.isfinite(float(t.callback_metrics["val_loss"]))
+    ddp = {"strategy": "ddp_spawn", "accelerator": "cpu", "devices": 2}
+    t = trainer(tmp_path, limit_train_batches=3, limit_val_batches=1, **ddp)
+    t.fit(zoo.create_model("seq2seq_gru_attn", embed_dim=16, hidden_size=16), toy_dm(toy_tsv))
+    assert "val_bleu" in t.callback_metrics

@@ -46,8 +46,15 @@ def test_recipe_runs_fast_dev_run(config, cifar_dir, names_dir, text_path, tmp_p
     data_args = {
         "NamesDataModule": ["--data.data_dir", str(names_dir)],
         "CharLMDataModule": ["--data.path", str(text_path), "--data.batch_size", "4"],
+        "TranslationDataModule": ["--data.path", str(pairs_tsv(tmp_path)), "--data.min_freq", "1"],
     }.get(data) or fixture_args(cifar_dir)
     ok(run_train(args + data_args, tmp_path))
+
+
+def pairs_tsv(folder: Path) -> Path:
+    path = folder / "pairs.tsv"
+    path.write_text("".join(f"ein hund {i} .\ta dog {i} .\n" for i in range(60)), encoding="utf-8")
+    return path
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=PRESETS)

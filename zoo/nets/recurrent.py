@@ -166,6 +166,8 @@ class RecurrentEncoder(nn.Module):
             if lengths is not None:
                 inp = pack_padded_sequence(x, lengths.cpu(), batch_first=self.batch_first, enforce_sorted=False)
             if cpu_autocast:  # oneDNN's bf16 LSTM needs AVX-512 and fails elsewhere (pytorch #88136): fp32 here
+                if hx is not None:  # a state computed under autocast (a seq2seq bridge) is bf16 too
+                    hx = tuple(h.float() for h in hx) if isinstance(hx, tuple) else hx.float()
                 with torch.autocast("cpu", enabled=False):
                     out, hn = layer(inp.float(), hx)
             else:
