@@ -21,6 +21,7 @@ __all__ = ["Seq2Seq", "TextCodec", "detokenize"]
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # the DataModule's specials, the same on both sides
 _CLOSING = frozenset(".,!?;:%)]}")
+SAMPLES = 5  # validation translations sent to a logger that takes text (W&B) each epoch
 
 
 def detokenize(tokens: list[str]) -> str:
@@ -71,7 +72,7 @@ class Seq2Seq(Task):
     tokenisation, cased) of greedy translations of the detokenised outputs against the raw references;
     ``test_bleu`` the same with beam search (``beam``, ``alpha``), ``test_bleu_greedy`` with greedy decoding, and
     ``test_bleu_tok`` lowercased BLEU over the model's own tokens (no re-tokenisation; what tutorials that
-    lowercase and tokenise Multi30k report).
+    lowercase and tokenise Multi30k report). With W&B, each validation logs a table of a few translations.
 
     Args:
         arch: ``seq2seq_gru_attn``, ``seq2seq_lstm_attn``, ``seq2seq_gru`` or ``seq_autoencoder``.
@@ -209,7 +210,7 @@ class Seq2Seq(Task):
             return [refs[i] for i in index.tolist()]
         return [self.tgt_codec.decode([t for t in row.tolist()[1:] if t > EOS_ID]) for row in tgt]
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def _eval_step(self, batch, stage: str, batch_idx: int = 1) -> None:
         src, lengths, tgt, index = batch
         logits, _ = self(src, lengths, tgt[:, :-1])
         n = int((tgt[:, 1:] != PAD_ID).sum())
@@ -218,7 +219,11 @@ class Seq2Seq(Task):
         h = self.hparams
         greedy = self.net.greedy(src, lengths, max_len_a=h.max_len_a, max_len_b=h.max_len_b)
         if stage == "val":
-            self.val_bleu.update([self.tgt_codec.decode(g.tokens) for g in greedy], refs)
+            hyps = [self.tgt_codec.decode(g.tokens) for g in greedy]
+            self.val_bleu.update(hyps, refs)
+            if batch_idx == 0:  # a few examples for the experiment tracker
+                srcs = [self.src_codec.decode(row[:n].tolist()) for row, n in zip(src[:SAMPLES], lengths.tolist())]
+                self._samples = [list(x) for x in zip(srcs, [r[0] for r in refs], hyps)]
             return
         self.test_bleu_greedy.update([self.tgt_codec.decode(g.tokens) for g in greedy], refs)
         beams = self.net.beam_search(src, lengths, h.beam, h.alpha, h.max_len_a, h.max_len_b)
@@ -236,9 +241,12 @@ class Seq2Seq(Task):
             self.log(f"{stage}_{name}", metric.compute() * 100, prog_bar=name == "bleu")
             metric.reset()
         getattr(self, f"{stage}_nll").reset()
+        samples, self._samples = getattr(self, "_samples", None), None
+        if stage == "val" and samples and hasattr(self.logger, "log_text") and not self.trainer.sanity_checking:
+            self.logger.log_text(key="val_translations", columns=["source", "reference", "greedy"], data=samples)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self._eval_step(batch, "val", batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
