@@ -332,6 +332,7 @@ def test_train_py_on_multi30k(name, real_data_dir, tmp_path):
 def test_published_translator_works_alone(toy_tsv, tmp_path, monkeypatch):
     """Weights published from a checkpoint translate raw strings with nothing else: the vocabularies travel in a
     sha256-checked file beside the weights."""
+    from zoo._cli import weights_table
     from zoo._publish import publish
 
     L.seed_everything(0)
@@ -344,6 +345,7 @@ def test_published_translator_works_alone(toy_tsv, tmp_path, monkeypatch):
     entry = publish(tmp_path / "last.ckpt", "toy", "configs/seq2seq_gru_attn.multi30k_de_en.yaml")
     assert {"test_bleu", "test_bleu_greedy", "test_bleu_tok", "val_bleu"} <= set(entry["metrics"])
     assert entry["model_kwargs_file"]["keys"] == ["src_spec", "tgt_spec"] and "src_spec" not in entry["model_kwargs"]
+    assert f"| `seq2seq_gru_attn.toy` | BLEU {entry['metrics']['test_bleu']:.1f} (greedy " in weights_table()
     loaded = zoo.load_pretrained("seq2seq_gru_attn.toy")
     sentences = ["ein hund läuft .", "ein mann schläft ."]
     assert loaded.translate(sentences) == model.eval().translate(sentences) or entry["dtype"] == "float16"

@@ -49,10 +49,14 @@ def weights_table() -> str:
 
 
 def _metric(m: dict, split: str) -> str:
-    """The headline metric of a split: accuracy (and macro-F1 where measured), or nats per token for LMs."""
+    """The headline metric of a split: accuracy (and macro-F1 where measured), BLEU (beam search; greedy beside it
+    where measured) for seq2seq, or nats per token for LMs."""
     if f"{split}_acc" in m:
         f1 = f", F1 {m[f'{split}_f1']:.3f}" if f"{split}_f1" in m else ""
         return f"{100 * m[f'{split}_acc']:.2f}%{f1}"
+    if f"{split}_bleu" in m:
+        greedy = f"{split}_bleu_greedy"
+        return f"BLEU {m[f'{split}_bleu']:.1f}" + (f" (greedy {m[greedy]:.1f})" if greedy in m else " (greedy)")
     return f"{m[f'{split}_loss']:.3f} nats/token"
 
 
