@@ -1,0 +1,290 @@
+"""Linear-chain conditional random field (Lafferty et al. 2001), batched, in log space, on any device and dtype.
+
+Scores: ``score(y) = start[y_1] + sum_t emissions[t, y_t] + sum_t transitions[y_{t-1}, y_t] + end[y_n]`` over the
+positions the mask keeps. A mask may skip positions anywhere (a ``[CLS]``-like first token, sub-word
+continuations): the kept positions are scored as one chain, in order. Emissions of any float dtype are accepted;
+the recursions run in fp32.
+
+Transition constraints (``allowed``, ``allowed_start``, ``allowed_end``; see :func:`scheme_constraints` for
+BIO / IOB1 / BIOES / BILOU) remove impossible paths everywhere: from the partition function in training, and from
+Viterbi, top-k and marginals. A constraint set under which some sequence length has no valid path is refused at
+construction.
+
+Besides the negative log-likelihood (:meth:`CRF.nll`, a loss to minimise), the same Viterbi gives the structured
+perceptron loss (Collins 2002) and the structured hinge loss with a Hamming cost (Taskar et al. 2004; Tsochantaridis
+et al. 2005): :meth:`CRF.perceptron_loss`, :meth:`CRF.hinge_loss`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["CRF", "scheme_constraints", "SCHEMES"]
+
+SCHEMES = ("BIO", "IOB1", "BIOES", "BILOU")
+NEG = -1e4  # the score of an impossible transition: finite (no inf - inf), far below any real path
+
+
+def _split(tag: str) -> tuple[str, str]:
+    """``B-PER`` -> ``("B", "PER")``; ``O`` -> ``("O", "")``."""
+    if tag == "O" or "-" not in tag:
+        return tag, ""
+    prefix, _, kind = tag.partition("-")
+    return prefix, kind
+
+
+def scheme_constraints(tags: list[str], scheme: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(allowed (K, K), allowed_start (K,), allowed_end (K,))`` booleans for a tag set in ``scheme``.
+
+    BIO (IOB2): ``I-X`` only after ``B-X`` or ``I-X``. IOB1: ``B-X`` only after ``B-X`` or ``I-X`` (it separates two
+    adjacent chunks of one type), ``I-X`` anywhere. BIOES / BILOU: ``I-X`` and ``E-X`` (``L-X``) only after
+    ``B-X`` or ``I-X``; ``B-X``, ``S-X`` (``U-X``) and ``O`` only after ``E``, ``S`` or ``O``; a sentence starts
+    with ``B``, ``S`` or ``O`` and ends with ``E``, ``S`` or ``O``."""
+    scheme = scheme.upper()
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}; got {scheme!r}")
+    inside, last, single = ("I", "E", "S") if scheme in ("BIO", "IOB1", "BIOES") else ("I", "L", "U")
+    parts = [_split(t) for t in tags]
+    valid = {"BIO": "BIO", "IOB1": "BIO", "BIOES": "BIOES", "BILOU": "BILOU"}[scheme]
+    bad = [t for t, (p, _) in zip(tags, parts) if p not in valid]
+    if bad:
+        raise ValueError(f"tags {bad[:5]} are not {scheme} tags (prefixes {', '.join(valid)})")
+    K = len(tags)
+    allowed = torch.ones(K, K, dtype=torch.bool)
+    start, end = torch.ones(K, dtype=torch.bool), torch.ones(K, dtype=torch.bool)
+    for j, (pj, kj) in enumerate(parts):
+        for i, (pi, ki) in enumerate(parts):
+            continues = pi in ("B", inside) and ki == kj  # the previous tag is inside an open chunk of this type
+            if scheme == "BIO":
+                ok = pj != inside or continues
+            elif scheme == "IOB1":
+                ok = pj != "B" or continues
+            else:
+                open_before = pi in ("B", inside)
+                ok = continues if pj in (inside, last) else not open_before
+            allowed[i, j] = ok
+        if scheme == "BIO":
+            start[j] = pj != inside
+        elif scheme == "IOB1":
+            start[j] = pj != "B"
+        else:
+            start[j] = pj in ("B", single, "O")
+            end[j] = pj in (last, single, "O")
+    return allowed, start, end
+
+
+class CRF(nn.Module):
+    """A linear-chain CRF over ``num_tags`` tags (see the module docstring)."""
+
+    def __init__(
+        self,
+        num_tags: int,
+        allowed: torch.Tensor | None = None,
+        allowed_start: torch.Tensor | None = None,
+        allowed_end: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if num_tags < 1:
+            raise ValueError(f"num_tags must be >= 1; got {num_tags}")
+        self.num_tags = num_tags
+        self.transitions = nn.Parameter(torch.empty(num_tags, num_tags).uniform_(-0.1, 0.1))
+        self.start = nn.Parameter(torch.empty(num_tags).uniform_(-0.1, 0.1))
+        self.end = nn.Parameter(torch.empty(num_tags).uniform_(-0.1, 0.1))
+        ones = torch.ones(num_tags, dtype=torch.bool)
+        allowed = torch.ones(num_tags, num_tags, dtype=torch.bool) if allowed is None else allowed.bool()
+        allowed_start = ones if allowed_start is None else allowed_start.bool()
+        allowed_end = ones if allowed_end is None else allowed_end.bool()
+        if allowed.shape != (num_tags, num_tags) or allowed_start.shape != allowed_end.shape != (num_tags,):
+            raise ValueError(f"constraints must be ({num_tags}, {num_tags}) and ({num_tags},) booleans")
+        _check_feasible(allowed, allowed_start, allowed_end)
+        self.register_buffer("allowed", allowed)
+        self.register_buffer("allowed_start", allowed_start)
+        self.register_buffer("allowed_end", allowed_end)
+
+    # -- scores with the constraints applied ------------------------------------------------------------------
+    def _potentials(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        neg = torch.tensor(NEG, device=self.transitions.device)
+        trans = torch.where(self.allowed, self.transitions.float(), neg)
+        start = torch.where(self.allowed_start, self.start.float(), neg)
+        end = torch.where(self.allowed_end, self.end.float(), neg)
+        return trans, start, end
+
+    def _compact(self, emissions: torch.Tensor, mask: torch.Tensor | None, tags: torch.Tensor | None = None):
+        """Move the kept positions of each sequence to its front, in order: ``(emissions, tags, lengths, order)``
+        with fp32 emissions (B, T, K); ``order`` maps compacted positions back (None without a mask)."""
+        if emissions.dim() != 3 or emissions.shape[-1] != self.num_tags:
+            raise ValueError(f"emissions must be (batch, time, {self.num_tags}); got {tuple(emissions.shape)}")
+        B, T, _ = emissions.shape
+        emissions = emissions.float()
+        if mask is None:
+            lengths = torch.full((B,), T, dtype=torch.long, device=emissions.device)
+            return emissions, tags, lengths, None
+        mask = mask.bool()
+        if mask.shape != (B, T):
+            raise ValueError(f"mask must be (batch, time) = {(B, T)}; got {tuple(mask.shape)}")
+        lengths = mask.sum(1)
+        if not torch.compiler.is_compiling() and bool((lengths == 0).any()):
+            raise ValueError("a sequence has no position left by its mask: every sequence needs one token or more")
+        # kept positions first, in order (the identity for a mask of lengths); no data-dependent branch: exportable
+        order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+        emissions = emissions.gather(1, order[..., None].expand(-1, -1, self.num_tags))
+        tags = None if tags is None else tags.gather(1, order)
+        return emissions, tags, lengths, order
+
+    def _forward_alpha(self, emissions: torch.Tensor, lengths: torch.Tensor, trans, start) -> list[torch.Tensor]:
+        """Forward variables alpha_t (B, K) for t < T (frozen after each sequence's end)."""
+        alpha = start + emissions[:, 0]
+        alphas = [alpha]
+        for t in range(1, emissions.shape[1]):
+            nxt = torch.logsumexp(alpha[:, :, None] + trans[None], dim=1) + emissions[:, t]
+            alpha = torch.where((t < lengths)[:, None], nxt, alpha)
+            alphas.append(alpha)
+        return alphas
+
+    # -- likelihood -------------------------------------------------------------------------------------------
+    def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """log Z (B,) over the paths the constraints allow."""
+        trans, start, end = self._potentials()
+        e, _, lengths, _ = self._compact(emissions, mask)
+        return torch.logsumexp(self._forward_alpha(e, lengths, trans, start)[-1] + end, dim=-1)
+
+    def score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The score (B,) of the tag sequences ``tags`` (B, T)."""
+        trans, start, end = self._potentials()
+        e, y, lengths, _ = self._compact(emissions, mask, tags.long())
+        return self._path_score(e, y, lengths, trans, start, end)
+
+    @staticmethod
+    def _path_score(e, y, lengths, trans, start, end) -> torch.Tensor:
+        B, T, _ = e.shape
+        valid = torch.arange(T, device=e.device)[None] < lengths[:, None]
+        y = y.masked_fill(~valid, 0)
+        emit = (e.gather(2, y[..., None]).squeeze(-1) * valid).sum(1)
+        moves = (trans[y[:, :-1], y[:, 1:]] * valid[:, 1:]).sum(1)
+        last = y.gather(1, (lengths - 1)[:, None]).squeeze(1)
+        return start[y[:, 0]] + emit + moves + end[last]
+
+    def nll(
+        self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "mean"
+    ) -> torch.Tensor:
+        """Negative log-likelihood ``log Z - score(tags)`` (>= 0): a loss to minimise. ``reduction``: ``mean``
+        (over sequences), ``sum``, ``token_mean`` (over kept positions) or ``none`` (B,)."""
+        trans, start, end = self._potentials()
+        e, y, lengths, _ = self._compact(emissions, mask, tags.long())
+        kept = torch.arange(y.shape[1], device=y.device)[None] < lengths[:, None]
+        if bool(((y < 0) | (y >= self.num_tags))[kept].any()):
+            raise ValueError(f"tags must be in [0, {self.num_tags}) at every position the mask keeps")
+        log_z = torch.logsumexp(self._forward_alpha(e, lengths, trans, start)[-1] + end, dim=-1)
+        nll = log_z - self._path_score(e, y.clamp(min=0), lengths, trans, start, end)
+        if reduction == "none":
+            return nll
+        if reduction == "sum":
+            return nll.sum()
+        if reduction == "token_mean":
+            return nll.sum() / lengths.sum()
+        if reduction == "mean":
+            return nll.mean()
+        raise ValueError(f"reduction must be mean, sum, token_mean or none; got {reduction!r}")
+
+    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """P(y_t = k | x) (B, T, K) by forward-backward, at the original positions (0 where the mask skips)."""
+        trans, start, end = self._potentials()
+        e, _, lengths, order = self._compact(emissions, mask)
+        B, T, K = e.shape
+        alphas = self._forward_alpha(e, lengths, trans, start)
+        log_z = torch.logsumexp(alphas[-1] + end, dim=-1)
+        b, betas = end.expand(B, K), [None] * T
+        for t in range(T - 1, -1, -1):  # beta_t = end at a sequence's last position
+            if t < T - 1:
+                nxt = torch.logsumexp(trans[None] + (e[:, t + 1] + b)[:, None, :], dim=2)
+                b = torch.where((t < lengths - 1)[:, None], nxt, end.expand(B, K))
+            betas[t] = b
+        probs = torch.stack([(a + bt - log_z[:, None]).exp() for a, bt in zip(alphas, betas)], 1)
+        probs = probs * (torch.arange(T, device=e.device)[None] < lengths[:, None])[..., None]
+        return _restore(probs, order, 1, 0.0)
+
+    # -- decoding ---------------------------------------------------------------------------------------------
+    def decode(self, emissions: torch.Tensor, mask: torch.Tensor | None = None, pad: int = -1) -> torch.Tensor:
+        """The best tag sequence (B, T) by Viterbi; ``pad`` where the mask skips or after a sequence's end."""
+        return self.topk(emissions, mask, 1, pad)[0][:, 0]
+
+    def topk(
+        self, emissions: torch.Tensor, mask: torch.Tensor | None = None, k: int = 1, pad: int = -1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` best tag sequences (B, k, T) and their scores (B, k), best first (list Viterbi). Fewer valid
+        paths than ``k`` leave the rest with score ``-inf``-like (below -1e3) and arbitrary tags."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1; got {k}")
+        trans, start, end = self._potentials()
+        e, _, lengths, order = self._compact(emissions, mask)
+        B, T, K = e.shape
+        # score[b, j, r]: the r-th best score of a path ending in tag j at step t
+        score = torch.full((B, K, k), float("-inf"), device=e.device)
+        score[:, :, 0] = start + e[:, 0]
+        pointers = []
+        for t in range(1, T):
+            cand = score[:, :, None, :] + trans[None, :, :, None]  # (B, K_prev, K, k)
+            cand = cand.permute(0, 2, 1, 3).reshape(B, K, K * k)
+            best, idx = cand.topk(k, dim=2)  # (B, K, k)
+            best = best + e[:, t, :, None]
+            live = (t < lengths)[:, None, None]
+            score = torch.where(live, best, score)
+            pointers.append(torch.where(live, idx, -1))  # -1: the sequence has ended, the path stays
+        final = (score + end[None, :, None]).reshape(B, K * k)
+        top_scores, top = final.topk(k, dim=1)  # (B, k): state * k + rank
+        paths = torch.zeros(B, k, T, dtype=torch.long, device=e.device)
+        state, rank = top // k, top % k
+        for t in range(T - 1, 0, -1):
+            paths[:, :, t] = state
+            ptr = pointers[t - 1].gather(1, state[..., None].expand(-1, -1, k)).gather(2, rank[..., None]).squeeze(-1)
+            moved = ptr >= 0
+            state, rank = torch.where(moved, ptr // k, state), torch.where(moved, ptr % k, rank)
+        paths[:, :, 0] = state
+        valid = torch.arange(T, device=e.device)[None, None] < lengths[:, None, None]
+        return _restore(paths.masked_fill(~valid, pad), order, 2, pad), top_scores
+
+    # -- margin losses on the same Viterbi --------------------------------------------------------------------
+    def perceptron_loss(self, emissions, tags, mask=None, reduction: str = "mean") -> torch.Tensor:
+        """Structured perceptron: ``score(viterbi) - score(gold)`` (>= 0, 0 when the gold path is the best)."""
+        return self._margin(emissions, tags, mask, 0.0, reduction)
+
+    def hinge_loss(self, emissions, tags, mask=None, cost: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+        """Structured hinge with a Hamming cost: ``max_y [score(y) + cost * hamming(y, gold)] - score(gold)``."""
+        return self._margin(emissions, tags, mask, cost, reduction)
+
+    def _margin(self, emissions, tags, mask, cost: float, reduction: str) -> torch.Tensor:
+        tags = tags.long()
+        augmented = emissions.float()
+        if cost:  # cost-augmented decoding: every wrong tag earns ``cost``
+            augmented = augmented + cost * (1 - nn.functional.one_hot(tags.clamp(min=0), self.num_tags).float())
+        with torch.no_grad():
+            best = self.decode(augmented, mask, pad=0)
+        keep = mask.bool() if mask is not None else torch.ones_like(tags, dtype=torch.bool)
+        hamming = ((best != tags) & keep).sum(1).float() * cost
+        loss = self.score(emissions, best, mask) + hamming - self.score(emissions, tags.clamp(min=0), mask)
+        loss = loss.clamp(min=0)
+        return {"mean": loss.mean(), "sum": loss.sum(), "none": loss}[reduction]
+
+
+def _restore(x: torch.Tensor, order: torch.Tensor | None, dim: int, fill) -> torch.Tensor:
+    """Undo :meth:`CRF._compact`'s reordering of the time axis ``dim`` of ``x``; the positions that the compaction
+    moved out (skipped by the mask) must already hold ``fill``."""
+    if order is None:
+        return x
+    index = order.view(order.shape[0], *([1] * (dim - 1)), order.shape[1], *([1] * (x.dim() - dim - 1)))
+    return torch.full_like(x, fill).scatter(dim, index.expand_as(x), x)
+
+
+def _check_feasible(allowed: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> None:
+    """Refuse constraints under which some sequence length has no valid path (the reachable sets of tags repeat
+    within 2^K steps; checking up to K * K + 1 covers every practical tag set)."""
+    K = allowed.shape[0]
+    reach = start.clone()
+    for n in range(1, K * K + 2):
+        if not bool((reach & end).any()):
+            raise ValueError(
+                f"the transition constraints leave no valid tag sequence of length {n}: check the start/end sets and "
+                "the allowed transitions (tags of another scheme?)"
+            )
+        reach = (reach[:, None] & allowed).any(0)
