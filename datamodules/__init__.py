@@ -18,6 +18,8 @@ DATAMODULES = {
     "copy": "datamodules.synthetic.CopyMemoryDataModule",
     "text": "datamodules.text_classification.TextClassificationDataModule",
     "translation": "datamodules.translation.TranslationDataModule",
+    "conll": "datamodules.conll.CoNLLDataModule",
+    "conllu": "datamodules.conll.CoNLLUDataModule",
 }
 
 

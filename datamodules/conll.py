@@ -12,9 +12,9 @@ CoNLL-U (``<data_dir>/ud_en_ewt``): ten tab-separated columns; comment lines (``
 (ids ``1-2``: the surface form, not a syntactic word) and empty nodes (ids ``1.1``) are skipped, as the UD guidelines
 say a tagger reads the syntactic words; the target is ``upos`` (column 4) or ``xpos`` (column 5).
 
-Batches: ``(words (B, T), chars (B, T, C), casing (B, T), lengths (B,), tags (B, T))``, padded with 0 (tags with
--1). Words are ids of their lowercased forms (``lowercase``) with a casing feature (``CASES``) beside them, and
-characters are ids of the original forms; vocabularies are built on the train split.
+Batches: ``(words (B, T), chars (B, T, C), lengths (B,), tags (B, T))``, padded with 0 (tags with -1). Words are
+ids of their lowercased forms (``lowercase``; the tagger adds a casing feature from the characters), characters
+ids of the original forms; vocabularies are built on the train split.
 """
 
 from __future__ import annotations
@@ -37,28 +37,10 @@ __all__ = [
     "read_conllu",
     "convert_scheme",
     "collate_tagged",
-    "CASES",
-    "casing",
 ]
 
 Sentence = tuple[list[str], list[str]]  # (words, tags)
-CASES = ("pad", "lower", "upper", "title", "numeric", "has_digit", "other")
 SCHEMES = ("IOB1", "BIO", "BIOES", "BILOU")
-
-
-def casing(word: str) -> int:
-    """The casing feature of a word: an index into ``CASES``."""
-    if word.isdigit():
-        return 4
-    if any(c.isdigit() for c in word):
-        return 5
-    if word.islower():
-        return 1
-    if word.isupper():
-        return 2
-    if word[:1].isupper():
-        return 3
-    return 6
 
 
 def _read(path: Path) -> list[str]:
@@ -189,12 +171,7 @@ class TaggingDataModule(SplitLoaders):
 
     def _encode(self, words: list[str], tags: list[str], norm) -> tuple:
         chars = [torch.tensor(self.chars.encode(w[: self.hparams.max_word_len])) for w in words]
-        return (
-            torch.tensor(self.words.encode([norm(w) for w in words])),
-            chars,
-            torch.tensor([casing(w) for w in words]),
-            torch.tensor(self.tags.encode(tags)),
-        )
+        return torch.tensor(self.words.encode([norm(w) for w in words])), chars, torch.tensor(self.tags.encode(tags))
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         data = self.datasets[split]
@@ -206,17 +183,16 @@ class TaggingDataModule(SplitLoaders):
 
 
 def collate_tagged(batch):
-    """``[(words, chars, casing, tags), ...]`` to padded ``(words, chars, casing, lengths, tags)``."""
+    """``[(words, chars, tags), ...]`` to padded ``(words (B, T), chars (B, T, C), lengths (B,), tags (B, T))``."""
     B, T = len(batch), max(len(b[0]) for b in batch)
     C = max(len(c) for b in batch for c in b[1])
-    words, casing_ = torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
-    chars, tags = torch.zeros(B, T, C, dtype=torch.long), torch.full((B, T), -1, dtype=torch.long)
-    for i, (w, cs, case, t) in enumerate(batch):
-        n = len(w)
-        words[i, :n], casing_[i, :n], tags[i, :n] = w, case, t
+    words, chars = torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T, C, dtype=torch.long)
+    tags = torch.full((B, T), -1, dtype=torch.long)
+    for i, (w, cs, t) in enumerate(batch):
+        words[i, : len(w)], tags[i, : len(w)] = w, t
         for j, c in enumerate(cs):
             chars[i, j, : len(c)] = c
-    return words, chars, casing_, torch.tensor([len(b[0]) for b in batch]), tags
+    return words, chars, torch.tensor([len(b[0]) for b in batch]), tags
 
 
 class CoNLLDataModule(TaggingDataModule):

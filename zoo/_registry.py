@@ -39,6 +39,7 @@ TASKS = {
     "sequence": "zoo.tasks.sequence.SequenceClassifier",
     "language_model": "zoo.tasks.language_model.LanguageModel",
     "seq2seq": "zoo.tasks.translation.Seq2Seq",
+    "tagging": "zoo.tasks.tagging.Tagger",
 }
 
 

@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import datamodules.charlm  # noqa: F401
 import datamodules.cifar10  # noqa: F401  (short class names: --data CIFAR10DataModule)
+import datamodules.conll  # noqa: F401
 import datamodules.names  # noqa: F401
 import datamodules.synthetic  # noqa: F401
 import datamodules.translation  # noqa: F401

@@ -1,0 +1,173 @@
+"""Neural sequence taggers: word (+ character, + casing) features, a bidirectional recurrent encoder, and a CRF,
+softmax, structured-perceptron or structured-hinge output layer (Huang et al. 2015; Lample et al. 2016; Ma & Hovy
+2016).
+
+Characters of each word are read by a BiLSTM (Lample et al.: the final states of both directions) or a CNN with
+max-pooling over the word (Ma & Hovy); ``char_encoder="none"`` leaves them out. The CRF's transitions are
+constrained by the tag scheme when ``tag_names`` and ``scheme`` are given (``zoo.nets.crf.scheme_constraints``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from zoo._registry import register_model
+from zoo.nets.crf import CRF, scheme_constraints
+from zoo.nets.recurrent import CELLS, RecurrentEncoder, _choice
+
+__all__ = ["SequenceTagger", "OUTPUTS", "CHAR_ENCODERS"]
+
+OUTPUTS = ("crf", "softmax", "perceptron", "hinge")
+CHAR_ENCODERS = ("lstm", "cnn", "none")
+
+
+class CharEncoder(nn.Module):
+    """One vector per word from its characters ``(B, T, C)`` (0 = padding)."""
+
+    def __init__(self, num_chars: int, kind: str, char_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.embedding = nn.Embedding(num_chars, char_dim, padding_idx=0)
+        if kind == "lstm":
+            self.rnn = nn.LSTM(char_dim, hidden, batch_first=True, bidirectional=True)
+            self.output_size = 2 * hidden
+        else:
+            self.conv = nn.Conv1d(char_dim, hidden, kernel_size=3, padding=1)
+            self.output_size = hidden
+
+    def forward(self, chars: torch.Tensor) -> torch.Tensor:
+        B, T, C = chars.shape
+        flat = chars.reshape(B * T, C)
+        lengths = (flat != 0).sum(1)
+        out = flat.new_zeros(B * T, self.output_size, dtype=self.embedding.weight.dtype)
+        words = lengths > 0  # padding positions have no characters
+        if not bool(words.any()):
+            return out.view(B, T, -1)
+        x = self.embedding(flat[words])
+        if self.kind == "lstm":
+            packed = pack_padded_sequence(x, lengths[words].cpu(), batch_first=True, enforce_sorted=False)
+            _, (h, _) = self.rnn(packed)  # (2, N, H): final state of each direction
+            feats = torch.cat([h[0], h[1]], -1)
+        else:
+            conv = self.conv(x.transpose(1, 2))  # (N, H, C)
+            pad = (flat[words] == 0)[:, None]
+            feats = conv.masked_fill(pad, float("-inf")).amax(-1)
+        out = out.to(feats.dtype)
+        out[words] = feats
+        return out.view(B, T, -1)
+
+
+class SequenceTagger(nn.Module):
+    """Args:
+    num_words, num_chars, num_tags: vocabulary and tag-set sizes (0 = padding in words and chars).
+    cell: ``lstm``, ``gru`` or ``rnn`` for the bidirectional encoder; ``hidden_size`` per direction.
+    word_dim, char_dim, char_hidden, char_encoder, casing_dim (0: no casing feature; ``num_casings`` values).
+    dropout: on the word representation and on the encoder output (Lample et al. use 0.5).
+    output: ``crf`` (NLL), ``softmax`` (per-token cross-entropy), ``perceptron`` or ``hinge`` (margin losses
+        on the CRF's Viterbi).
+    tag_names, scheme: constrain the CRF's transitions (BIO, IOB1, BIOES, BILOU).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_words: int,
+        num_chars: int,
+        num_tags: int,
+        cell: str = "lstm",
+        word_dim: int = 100,
+        char_dim: int = 25,
+        char_hidden: int = 25,
+        char_encoder: str = "lstm",
+        casing_dim: int = 8,
+        num_casings: int = 7,
+        hidden_size: int = 200,
+        num_layers: int = 1,
+        dropout: float = 0.5,
+        output: str = "crf",
+        tag_names: list[str] | None = None,
+        scheme: str | None = None,
+    ) -> None:
+        super().__init__()
+        _choice("cell", cell, CELLS)
+        _choice("output", output, OUTPUTS)
+        _choice("char_encoder", char_encoder, CHAR_ENCODERS)
+        self.output, self.num_tags = output, num_tags
+        self.words = nn.Embedding(num_words, word_dim, padding_idx=0)
+        self.chars = None if char_encoder == "none" else CharEncoder(num_chars, char_encoder, char_dim, char_hidden)
+        self.casing = nn.Embedding(num_casings, casing_dim, padding_idx=0) if casing_dim else None
+        in_size = word_dim + (self.chars.output_size if self.chars else 0) + casing_dim
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = RecurrentEncoder(
+            cell=cell,
+            input_size=in_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            bidirectional=True,
+            dropout=dropout,
+        )
+        self.emissions = nn.Linear(self.encoder.output_size, num_tags)
+        constraints = ()
+        if scheme and tag_names and output != "softmax":
+            if len(tag_names) != num_tags:
+                raise ValueError(f"{len(tag_names)} tag names for num_tags={num_tags}")
+            constraints = scheme_constraints(list(tag_names), scheme)
+        self.crf = CRF(num_tags, *constraints) if output != "softmax" else None
+
+    def forward(self, words, chars, casing, lengths) -> torch.Tensor:
+        """Emission scores ``(B, T, K)``."""
+        parts = [self.words(words)]
+        if self.chars is not None:
+            parts.append(self.chars(chars))
+        if self.casing is not None:
+            parts.append(self.casing(casing))
+        x = self.dropout(torch.cat([p.to(parts[0].dtype) for p in parts], -1))
+        out, _ = self.encoder(x, lengths)
+        return self.emissions(self.dropout(out))
+
+    def loss(self, emissions: torch.Tensor, tags: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The training loss per sentence, averaged over the batch (tags padded with -1)."""
+        mask = _mask(lengths, tags)
+        if self.output == "softmax":
+            return F.cross_entropy(emissions.float().flatten(0, 1), tags.flatten(), ignore_index=-1)
+        if self.output == "crf":
+            return self.crf.nll(emissions, tags.clamp(min=0), mask, reduction="mean")
+        if self.output == "perceptron":
+            return self.crf.perceptron_loss(emissions, tags.clamp(min=0), mask)
+        return self.crf.hinge_loss(emissions, tags.clamp(min=0), mask)
+
+    def decode(self, emissions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Best tags ``(B, T)``, -1 after each sentence's end."""
+        mask = _mask(lengths, emissions)
+        if self.crf is None:
+            return emissions.argmax(-1).masked_fill(~mask, -1)
+        return self.crf.decode(emissions, mask)
+
+
+def _mask(lengths: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, T) True before each sentence's end, for ``like`` of shape (B, T, ...)."""
+    return torch.arange(like.shape[1], device=like.device)[None] < lengths.to(like.device)[:, None]
+
+
+def _tagger(cell: str, output: str, **kwargs) -> SequenceTagger:
+    return SequenceTagger(**{"cell": cell, "output": output, **kwargs})
+
+
+@register_model(task="tagging")
+def bilstm_crf(*, num_words: int, num_chars: int, num_tags: int, **kwargs) -> SequenceTagger:
+    """BiLSTM-CRF with character BiLSTM features (Lample et al. 2016)."""
+    return _tagger("lstm", "crf", num_words=num_words, num_chars=num_chars, num_tags=num_tags, **kwargs)
+
+
+@register_model(task="tagging")
+def bigru_crf(*, num_words: int, num_chars: int, num_tags: int, **kwargs) -> SequenceTagger:
+    return _tagger("gru", "crf", num_words=num_words, num_chars=num_chars, num_tags=num_tags, **kwargs)
+
+
+@register_model(task="tagging")
+def bilstm_softmax(*, num_words: int, num_chars: int, num_tags: int, **kwargs) -> SequenceTagger:
+    """The same BiLSTM with an independent softmax per token (the baseline the CRF improves on)."""
+    return _tagger("lstm", "softmax", num_words=num_words, num_chars=num_chars, num_tags=num_tags, **kwargs)
