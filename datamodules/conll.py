@@ -155,6 +155,10 @@ class TaggingDataModule(SplitLoaders):
         self.words = Vocab.build(([norm(w) for w in ws] for ws, _ in train), min_freq=h.min_freq)
         self.chars = Vocab.build((c for ws, _ in train for w in ws for c in w), min_freq=1)
         self.tags = Vocab(sorted({t for _, ts in train for t in ts}, key=lambda t: (t != "O", t)), specials=())
+        if len(self.tags) < 2:
+            raise DatasetError(
+                f"the train split has one tag ({self.tags.itos}): check the tag column (--data.tag_column)"
+            )
         unseen = sorted({t for s in ("val", "test") for _, ts in splits[s] for t in ts} - set(self.tags.itos))
         if unseen:
             raise DatasetError(

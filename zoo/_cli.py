@@ -51,6 +51,10 @@ def weights_table() -> str:
 def _metric(m: dict, split: str) -> str:
     """The headline metric of a split: accuracy (and macro-F1 where measured), BLEU (beam search; greedy beside it
     where measured) for seq2seq, or nats per token for LMs."""
+    if f"{split}_score" in m:  # taggers: span F1 for chunk tags, token accuracy for POS
+        if f"{split}_f1" in m:
+            return f"span F1 {100 * m[f'{split}_f1']:.2f}"
+        return f"{100 * m[f'{split}_acc']:.2f}% token accuracy"
     if f"{split}_acc" in m:
         f1 = f", F1 {m[f'{split}_f1']:.3f}" if f"{split}_f1" in m else ""
         return f"{100 * m[f'{split}_acc']:.2f}%{f1}"

@@ -102,8 +102,9 @@ def publish(
     val = evaluate(model, dm, "validate")
     test = evaluate(model, dm, "test")
     state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
-    # accuracy (a fraction) and BLEU (0-100) compared in points; a loss (nats) in 1/100 of them
-    key = next(k for k in ("test_acc", "test_bleu", "test_loss") if k in test)
+    # the metric the task selects on, measured on test: fractions and BLEU (0-100) compared in points, a loss
+    # (nats) in 1/100 of them
+    key = "test_" + cls.monitor[0].removeprefix("val_")
     scale = 1.0 if key == "test_bleu" else 100.0
     dtype, storage = "float32", {f"float32_{key}": test[key]}
     if fp16_tolerance is not None:

@@ -152,22 +152,23 @@ def _mask(lengths: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.arange(like.shape[1], device=like.device)[None] < lengths.to(like.device)[:, None]
 
 
-def _tagger(cell: str, output: str, **kwargs) -> SequenceTagger:
-    return SequenceTagger(**{"cell": cell, "output": output, **kwargs})
+def _tagger(defaults: dict, num_words: int, num_chars: int, num_tags: int, kwargs: dict) -> SequenceTagger:
+    """A tagger with these defaults; ``kwargs`` may override them (``output="hinge"``)."""
+    return SequenceTagger(num_words=num_words, num_chars=num_chars, num_tags=num_tags, **{**defaults, **kwargs})
 
 
 @register_model(task="tagging")
 def bilstm_crf(*, num_words: int, num_chars: int, num_tags: int, **kwargs) -> SequenceTagger:
     """BiLSTM-CRF with character BiLSTM features (Lample et al. 2016)."""
-    return _tagger("lstm", "crf", num_words=num_words, num_chars=num_chars, num_tags=num_tags, **kwargs)
+    return _tagger({"cell": "lstm", "output": "crf"}, num_words, num_chars, num_tags, kwargs)
 
 
 @register_model(task="tagging")
 def bigru_crf(*, num_words: int, num_chars: int, num_tags: int, **kwargs) -> SequenceTagger:
-    return _tagger("gru", "crf", num_words=num_words, num_chars=num_chars, num_tags=num_tags, **kwargs)
+    return _tagger({"cell": "gru", "output": "crf"}, num_words, num_chars, num_tags, kwargs)
 
 
 @register_model(task="tagging")
 def bilstm_softmax(*, num_words: int, num_chars: int, num_tags: int, **kwargs) -> SequenceTagger:
     """The same BiLSTM with an independent softmax per token (the baseline the CRF improves on)."""
-    return _tagger("lstm", "softmax", num_words=num_words, num_chars=num_chars, num_tags=num_tags, **kwargs)
+    return _tagger({"cell": "lstm", "output": "softmax"}, num_words, num_chars, num_tags, kwargs)

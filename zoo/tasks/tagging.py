@@ -121,7 +121,8 @@ class Tagger(Task):
 
     Args:
         arch: ``bilstm_crf``, ``bigru_crf`` or ``bilstm_softmax``.
-        words, chars, tags, scheme, lowercase: filled from the DataModule.
+        words, chars, tags, tag_scheme, lowercase_words: filled from the DataModule (its ``scheme`` and
+            ``lowercase``; named apart so that Lightning's merge of the two sets of hyperparameters never clashes).
         word_dim, char_encoder, hidden_size, num_layers, dropout: the net; ``net_kwargs`` for the rest
             (``output="perceptron"`` or ``"hinge"``, ``casing_dim``, ``char_dim``, ``char_hidden`` ...).
         word_vectors: a text file of pretrained word vectors (GloVe / word2vec text: ``word v1 v2 ...``) to
@@ -133,8 +134,8 @@ class Tagger(Task):
         "words",
         "chars",
         "tags",
-        "scheme",
-        "lowercase",
+        "tag_scheme",
+        "lowercase_words",
         "word_dim",
         "char_encoder",
         "hidden_size",
@@ -149,8 +150,8 @@ class Tagger(Task):
         words: list[str] | None = None,
         chars: list[str] | None = None,
         tags: list[str] | None = None,
-        scheme: str | None = None,
-        lowercase: bool = True,
+        tag_scheme: str | None = None,
+        lowercase_words: bool = True,
         word_dim: int = 100,
         char_encoder: str = "lstm",
         hidden_size: int = 200,
@@ -178,7 +179,7 @@ class Tagger(Task):
         self.net: nn.Module | None = None
         if pretrained and words is None:
             entry = _pretrained.get_pretrained(pretrained)["model_kwargs"]
-            for k in ("words", "chars", "tags", "scheme", "lowercase"):
+            for k in ("words", "chars", "tags", "tag_scheme", "lowercase_words"):
                 self.hparams[k] = entry.get(k, self.hparams[k])
         if self.hparams.words is not None:
             self._build()
@@ -192,7 +193,7 @@ class Tagger(Task):
             "num_layers": h.num_layers,
             "dropout": h.dropout,
             "tag_names": list(h.tags),
-            "scheme": h.scheme,
+            "scheme": h.tag_scheme,
             **(h.net_kwargs or {}),
         }
         self.net = get_entry(h.arch).builder(
@@ -227,7 +228,7 @@ class Tagger(Task):
                 parts = line.rstrip().split(" ")
                 if len(parts) != emb.shape[1] + 1:
                     continue  # a header line, or vectors of another width
-                i = index.get(parts[0].lower() if self.hparams.lowercase else parts[0])
+                i = index.get(parts[0].lower() if self.hparams.lowercase_words else parts[0])
                 if i is not None:
                     emb[i] = torch.tensor([float(v) for v in parts[1:]])
                     found += 1
@@ -246,8 +247,8 @@ class Tagger(Task):
             h = self.hparams
             h.words, h.chars, h.tags = (list(vocab[k]) for k in ("words", "chars", "tags"))
             dm_h = getattr(dm, "hparams", {})
-            h.scheme = dm_h.get("scheme") if is_chunk_tagset(h.tags) else None
-            h.lowercase = dm_h.get("lowercase", h.lowercase)
+            h.tag_scheme = dm_h.get("scheme") if is_chunk_tagset(h.tags) else None
+            h.lowercase_words = dm_h.get("lowercase", h.lowercase_words)
             self._build()
         else:
             for k, theirs in vocab.items():
@@ -311,7 +312,7 @@ class Tagger(Task):
         words, chars = torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T, C, dtype=torch.long)
         for i, sentence in enumerate(tokens):
             for j, w in enumerate(sentence):
-                words[i, j] = self.word_index.get(w.lower() if h.lowercase else w, UNK_ID)
+                words[i, j] = self.word_index.get(w.lower() if h.lowercase_words else w, UNK_ID)
                 ids = [self.char_index.get(c, UNK_ID) for c in w[:MAX_WORD_LEN]]
                 chars[i, j, : len(ids)] = torch.tensor(ids)
         return words.to(self.device), chars.to(self.device), torch.tensor([len(t) for t in tokens])
