@@ -232,3 +232,13 @@ def test_published_language_model_generates_alone(text_file, tmp_path, monkeypat
         or entry["dtype"] == "float16"
     )
     assert len(loaded.generate("JULIET:", 20, seed=1)) == len("JULIET:") + 20
+
+
+def test_data_side_settings_reach_the_logged_hyperparameters(text_file, tmp_path):
+    """A tokenizer chosen on the DataModule is adopted by the model: Lightning's merge of both hyperparameter sets
+    for the logger sees one value (it used to fail with 'keys ... present in both ... different values')."""
+    args = ["fit", "--model", "lstm_lm", "--data", "charlm", "--data.path", str(text_file), "--data.tokenizer"]
+    args += ["whitespace", "--data.batch_size", "2", "--data.seq_len", "4", "--model.hidden_size", "8"]
+    args += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    res = run_train(args, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]

@@ -28,6 +28,13 @@ class Task(L.LightningModule):
         finally:
             self.train(was_training)
 
+    def adopt(self, **values) -> None:
+        """Set hyperparameters taken from the DataModule at ``setup`` (its tokenizer ...). They go into the initial
+        hyperparameters too: Lightning merges those with the DataModule's when a logger records them, and a key
+        both hold with two values is an error there."""
+        self.hparams.update(values)
+        self._hparams_initial.update(values)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None:

@@ -117,7 +117,7 @@ class LanguageModel(TextTask):
             if not itos:
                 raise ValueError("the model needs a vocabulary: give a DataModule with `vocab` (e.g. --data charlm)")
             self.hparams.vocab = list(itos)
-            self.hparams.tokenizer = getattr(dm, "hparams", {}).get("tokenizer", self.hparams.tokenizer)
+            self.adopt(tokenizer=getattr(dm, "hparams", {}).get("tokenizer", self.hparams.tokenizer))
             self._build()
         else:
             self.check_vocab(itos)

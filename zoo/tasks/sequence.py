@@ -161,8 +161,10 @@ class SequenceClassifier(TextTask):
             h.vocab = list(itos) if itos is not None else None
             h.classes = classes or None
             dm_h = getattr(dm, "hparams", {})
-            h.tokenizer = dm_h.get("tokenizer", getattr(dm, "default_tokenizer", h.tokenizer))
-            h.lowercase = dm_h.get("lowercase", h.lowercase)
+            self.adopt(
+                tokenizer=dm_h.get("tokenizer", getattr(dm, "default_tokenizer", h.tokenizer)),
+                lowercase=dm_h.get("lowercase", h.lowercase),
+            )
             self._build()
         else:
             self.check_vocab(itos)
