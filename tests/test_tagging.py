@@ -231,3 +231,14 @@ def test_published_tagger_works_alone(conll_dir, tmp_path, monkeypatch):
     assert (
         loaded.tag("John Smith visited London .")["spans"] == model.eval().tag("John Smith visited London .")["spans"]
     )
+
+
+def test_word_dropout_replaces_words_in_training_only():
+    from zoo.nets.tagger import SequenceTagger
+
+    net, seen = SequenceTagger(num_words=50, num_chars=10, num_tags=3, word_dropout=0.5), []
+    net.words.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    words, chars = torch.randint(2, 50, (4, 20)), torch.randint(1, 10, (4, 20, 5))
+    for mode in (True, False):
+        net.train(mode)(words, chars, torch.ones_like(words), torch.full((4,), 20))
+    assert 0.3 < float((seen[0] == 1).float().mean()) < 0.7 and torch.equal(seen[1], words)

@@ -47,6 +47,8 @@ def test_recipe_runs_fast_dev_run(config, cifar_dir, names_dir, text_path, tmp_p
         "NamesDataModule": ["--data.data_dir", str(names_dir)],
         "CharLMDataModule": ["--data.path", str(text_path), "--data.batch_size", "4"],
         "TranslationDataModule": ["--data.path", str(pairs_tsv(tmp_path)), "--data.min_freq", "1"],
+        "CoNLLDataModule": ["--data.path", str(tagged_files(tmp_path, "conll"))],
+        "CoNLLUDataModule": ["--data.path", str(tagged_files(tmp_path, "conllu"))],
     }.get(data) or fixture_args(cifar_dir)
     ok(run_train(args + data_args, tmp_path))
 
@@ -55,6 +57,21 @@ def pairs_tsv(folder: Path) -> Path:
     path = folder / "pairs.tsv"
     path.write_text("".join(f"ein hund {i} .\ta dog {i} .\n" for i in range(60)), encoding="utf-8")
     return path
+
+
+def tagged_files(folder: Path, kind: str) -> Path:
+    """train/dev/test files of two tagged sentences each, as CoNLL-2003 columns or CoNLL-U."""
+    folder = folder / kind
+    folder.mkdir()
+    words = [("EU", "PROPN", "I-ORG"), ("rejects", "VERB", "O"), ("German", "ADJ", "I-MISC"), (".", "PUNCT", "O")]
+    for split in ("train", "dev", "test"):
+        if kind == "conll":
+            text = "\n".join(f"{w} NNP I-NP {ner}" for w, _, ner in words) + "\n\n"
+            (folder / f"{split}.txt").write_text(text * 2)
+        else:
+            rows = [f"{i}\t{w}\t_\t{pos}\t_\t_\t0\t_\t_\t_" for i, (w, pos, _) in enumerate(words, start=1)]
+            (folder / f"x-ud-{split}.conllu").write_text(("\n".join(rows) + "\n\n") * 2)
+    return folder
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=PRESETS)

@@ -66,6 +66,8 @@ class SequenceTagger(nn.Module):
     cell: ``lstm``, ``gru`` or ``rnn`` for the bidirectional encoder; ``hidden_size`` per direction.
     word_dim, char_dim, char_hidden, char_encoder, casing_dim (0: no casing feature; ``num_casings`` values).
     dropout: on the word representation and on the encoder output (Lample et al. use 0.5).
+    word_dropout: in training, the share of words replaced by ``<unk>`` (id 1), so that the ``<unk>`` embedding
+        learns what rare words look like and the characters carry them (Lample et al. 2016, section 4).
     output: ``crf`` (NLL), ``softmax`` (per-token cross-entropy), ``perceptron`` or ``hinge`` (margin losses
         on the CRF's Viterbi).
     tag_names, scheme: constrain the CRF's transitions (BIO, IOB1, BIOES, BILOU).
@@ -87,6 +89,7 @@ class SequenceTagger(nn.Module):
         hidden_size: int = 200,
         num_layers: int = 1,
         dropout: float = 0.5,
+        word_dropout: float = 0.0,
         output: str = "crf",
         tag_names: list[str] | None = None,
         scheme: str | None = None,
@@ -95,7 +98,9 @@ class SequenceTagger(nn.Module):
         _choice("cell", cell, CELLS)
         _choice("output", output, OUTPUTS)
         _choice("char_encoder", char_encoder, CHAR_ENCODERS)
-        self.output, self.num_tags = output, num_tags
+        if not 0 <= word_dropout < 1:
+            raise ValueError(f"word_dropout must be in [0, 1); got {word_dropout}")
+        self.output, self.num_tags, self.word_dropout = output, num_tags, word_dropout
         self.words = nn.Embedding(num_words, word_dim, padding_idx=0)
         self.chars = None if char_encoder == "none" else CharEncoder(num_chars, char_encoder, char_dim, char_hidden)
         self.casing = nn.Embedding(num_casings, casing_dim, padding_idx=0) if casing_dim else None
@@ -119,6 +124,9 @@ class SequenceTagger(nn.Module):
 
     def forward(self, words, chars, casing, lengths) -> torch.Tensor:
         """Emission scores ``(B, T, K)``."""
+        if self.training and self.word_dropout:
+            drop = (torch.rand(words.shape, device=words.device) < self.word_dropout) & (words > 1)
+            words = words.masked_fill(drop, 1)
         parts = [self.words(words)]
         if self.chars is not None:
             parts.append(self.chars(chars))
