@@ -26,6 +26,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cifar_throughput.py
+	$(BIN)/python benchmarks/crf.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -207,7 +207,24 @@ class CRF(nn.Module):
     # -- decoding ---------------------------------------------------------------------------------------------
     def decode(self, emissions: torch.Tensor, mask: torch.Tensor | None = None, pad: int = -1) -> torch.Tensor:
         """The best tag sequence (B, T) by Viterbi; ``pad`` where the mask skips or after a sequence's end."""
-        return self.topk(emissions, mask, 1, pad)[0][:, 0]
+        trans, start, end = self._potentials()
+        e, _, lengths, order = self._compact(emissions, mask)
+        B, T, K = e.shape
+        score, pointers = start + e[:, 0], []
+        stay = torch.arange(K, device=e.device).expand(B, K)
+        for t in range(1, T):
+            best, idx = (score[:, :, None] + trans[None]).max(1)  # (B, K): the best previous tag of each tag
+            live = (t < lengths)[:, None]
+            score = torch.where(live, best + e[:, t], score)
+            pointers.append(torch.where(live, idx, stay))  # a finished sequence keeps its last tag
+        state = (score + end).argmax(1)
+        path = [state]
+        for ptr in reversed(pointers):
+            state = ptr.gather(1, state[:, None]).squeeze(1)
+            path.append(state)
+        paths = torch.stack(path[::-1], 1)
+        valid = torch.arange(T, device=e.device)[None] < lengths[:, None]
+        return _restore(paths.masked_fill(~valid, pad), order, 1, pad)
 
     def topk(
         self, emissions: torch.Tensor, mask: torch.Tensor | None = None, k: int = 1, pad: int = -1
