@@ -242,3 +242,17 @@ def test_word_dropout_replaces_words_in_training_only():
     for mode in (True, False):
         net.train(mode)(words, chars, torch.ones_like(words), torch.full((4,), 20))
     assert 0.3 < float((seen[0] == 1).float().mean()) < 0.7 and torch.equal(seen[1], words)
+
+
+def test_pretrained_word_vectors_from_a_file(conll_dir, tmp_path):
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("2 16\n" + "\n".join(f"{w} " + " ".join(["0.5"] * 16) for w in ("paris", "visited")) + "\n")
+    model = small(word_vectors=str(vectors))
+    trainer(tmp_path, max_epochs=1, limit_train_batches=1).validate(model, CoNLLDataModule(str(conll_dir)))
+    rows = model.net.words.weight[[model.hparams.words.index(w) for w in ("paris", "visited")]]
+    assert torch.equal(rows, torch.full((2, 16), 0.5))
+    with pytest.raises(FileNotFoundError, match="no word-vector file"):
+        trainer(tmp_path).validate(small(word_vectors=str(tmp_path / "none.txt")), CoNLLDataModule(str(conll_dir)))
+    vectors.write_text("unrelated " + " ".join(["1"] * 16) + "\n")
+    with pytest.raises(ValueError, match="no 16-dimensional vector for any word"):
+        trainer(tmp_path).validate(small(word_vectors=str(vectors)), CoNLLDataModule(str(conll_dir)))

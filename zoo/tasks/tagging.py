@@ -4,9 +4,11 @@ agrees with conlleval."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -215,8 +217,6 @@ class Tagger(Task):
     def _load_vectors(self, path: str) -> None:
         """Copy pretrained vectors into the embedding rows of the words they hold (lowercased lookup as the
         vocabulary is); says how many were found."""
-        from pathlib import Path
-
         emb = self.net.words.weight
         found = 0
         file = Path(path).expanduser()
@@ -234,7 +234,7 @@ class Tagger(Task):
                     found += 1
         if not found:
             raise ValueError(f"{file} holds no {emb.shape[1]}-dimensional vector for any word of the vocabulary")
-        print(f"word vectors: {found:,} of {len(index):,} words from {file}")
+        rank_zero_info(f"word vectors: {found:,} of {len(index):,} words from {file}")
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -285,9 +285,10 @@ class Tagger(Task):
         score = acc
         if self.chunked:
             spans = getattr(self, f"{stage}_spans")
-            for k, v in spans.compute().items():
+            values = spans.compute()
+            for k, v in values.items():
                 self.log(f"{stage}_{k}", v, prog_bar=k == "f1")
-            score = spans.compute()["f1"]
+            score = values["f1"]
             spans.reset()
         self.log(f"{stage}_score", score, prog_bar=not self.chunked)
         getattr(self, f"{stage}_acc").reset()
