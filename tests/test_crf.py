@@ -173,3 +173,11 @@ def test_viterbi_exports():
     e, m = torch.randn(4, 5, K), masks()
     program = torch.export.export(Decode(), (e, m))
     torch.testing.assert_close(program.module()(e, m), crf.decode(e, m))
+
+
+def test_state_saves_as_safetensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    crf = CRF(K)  # no constraints: the start and end masks must not share memory
+    save_file(crf.state_dict(), str(tmp_path / "crf.safetensors"))
+    assert load_file(str(tmp_path / "crf.safetensors")).keys() == crf.state_dict().keys()

@@ -93,8 +93,9 @@ class CRF(nn.Module):
         self.end = nn.Parameter(torch.empty(num_tags).uniform_(-0.1, 0.1))
         ones = torch.ones(num_tags, dtype=torch.bool)
         allowed = torch.ones(num_tags, num_tags, dtype=torch.bool) if allowed is None else allowed.bool()
-        allowed_start = ones if allowed_start is None else allowed_start.bool()
-        allowed_end = ones if allowed_end is None else allowed_end.bool()
+        # copies: buffers that share memory cannot be saved as safetensors
+        allowed_start = (ones if allowed_start is None else allowed_start).bool().clone()
+        allowed_end = (ones if allowed_end is None else allowed_end).bool().clone()
         if allowed.shape != (num_tags, num_tags) or allowed_start.shape != allowed_end.shape != (num_tags,):
             raise ValueError(f"constraints must be ({num_tags}, {num_tags}) and ({num_tags},) booleans")
         _check_feasible(allowed, allowed_start, allowed_end)
