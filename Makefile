@@ -27,6 +27,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cifar_throughput.py
 	$(BIN)/python benchmarks/crf.py
+	$(BIN)/python benchmarks/seq2seq_decoding.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
