@@ -256,3 +256,23 @@ def test_pretrained_word_vectors_from_a_file(conll_dir, tmp_path):
     vectors.write_text("unrelated " + " ".join(["1"] * 16) + "\n")
     with pytest.raises(ValueError, match="no 16-dimensional vector for any word"):
         trainer(tmp_path).validate(small(word_vectors=str(vectors)), CoNLLDataModule(str(conll_dir)))
+
+
+def test_span_f1_equals_seqeval_on_the_real_files(real_data_dir):
+    """On eng.testa's own IOB1 tags with 10% of them corrupted (as a tagger's errors would be), our span scores equal
+    seqeval's (conlleval's rules), overall and per type."""
+    seqeval = pytest.importorskip("seqeval.metrics")
+    gold = [tags for _, tags in read_columns(real_data_dir / "conll2003" / "eng.testa")]
+    names = sorted({t for g in gold for t in g})
+    r = random.Random(1)
+    pred = [[t if r.random() < 0.9 else r.choice(names) for t in g] for g in gold]
+    metric, index = SpanF1(names), {t: i for i, t in enumerate(names)}
+    for p, g in zip(pred, gold):
+        metric.update(
+            torch.tensor([[index[t] for t in p]]), torch.tensor([[index[t] for t in g]]), torch.tensor([len(g)])
+        )
+    ours = metric.compute()
+    assert float(ours["f1"]) == pytest.approx(seqeval.f1_score(gold, pred), abs=1e-6)
+    assert float(ours["recall"]) == pytest.approx(seqeval.recall_score(gold, pred), abs=1e-6)
+    report = seqeval.classification_report(gold, pred, output_dict=True, zero_division=0)
+    assert all(float(ours[f"f1_{k}"]) == pytest.approx(report[k]["f1-score"], abs=1e-6) for k in metric.types)
