@@ -366,3 +366,15 @@ def test_bf16_autocast_and_ddp(toy_tsv, tmp_path):
     t = trainer(tmp_path, limit_train_batches=3, limit_val_batches=1, **ddp)
     t.fit(zoo.create_model("seq2seq_gru_attn", embed_dim=16, hidden_size=16), toy_dm(toy_tsv))
     assert "val_bleu" in t.callback_metrics
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:3], ids=["-".join(map(str, v)) for v in VARIANTS[:3]])
+def test_returned_attention_is_the_one_that_produced_each_token(variant):
+    """The attention rows of a beam hypothesis (its parents' at each step) equal the teacher-forced pass over
+    its tokens."""
+    net, (src, lengths) = tiny_net(*variant), sources()
+    for i, hyps in enumerate(net.beam_search(src, lengths, beam=4, nbest=4)):
+        for h in hyps:
+            y = torch.tensor([[2, *h.tokens]])
+            _, w = net(src[i : i + 1, : lengths[i]], lengths[i : i + 1], y)
+            torch.testing.assert_close(h.attention, w[0], atol=1e-5, rtol=1e-4)

@@ -342,8 +342,7 @@ class Seq2SeqNet(nn.Module):
         length = torch.zeros(B, K, dtype=torch.long, device=dev)
         frozen = torch.full((V,), float("-inf"), device=dev)
         frozen[self.pad_id] = 0.0  # a finished hypothesis extends only by padding, at no cost
-        history = torch.zeros(B, K, 0, dtype=torch.long, device=dev)
-        attn = None
+        steps = []  # per step: (token, origin slot, attention row) of each new hypothesis slot; traced back at the end
         for t in range(int(limit.max())):
             at_limit = (t + 1 >= limit).repeat_interleave(K)
             lp, state, feed, w = self._step_log_probs(tokens, state, feed, memory, at_limit)
@@ -357,15 +356,16 @@ class Seq2SeqNet(nn.Module):
             length = new_len.gather(1, origin)
             finished = finished.gather(1, origin) | (token == self.eos_id)
             flat = (origin + torch.arange(B, device=dev)[:, None] * K).view(-1)
-            history = torch.cat([history.gather(1, origin[..., None].expand_as(history)), token[..., None]], -1)
             state = _select_state(state, flat)
             feed = None if feed is None else feed.index_select(0, flat)
-            if w is not None:
-                w = w.view(B, K, 1, -1)
-                attn = w if attn is None else torch.cat([attn.view(B * K, t, -1)[flat].view(B, K, t, -1), w], 2)
+            if w is not None:  # the attention that produced each new token is its parent's
+                w = w.view(B, K, -1)
+                w = w.gather(1, origin[..., None].expand_as(w))
+            steps.append((token, origin, w))
             tokens = token.view(-1)
             if finished.all():
                 break
+        history, attn = self._trace(steps, B, K)
         scores = log_prob / length_penalty(length, alpha)
         order = scores.argsort(dim=1, descending=True, stable=True)
         results = []
@@ -378,6 +378,19 @@ class Seq2SeqNet(nn.Module):
                 )
             results.append(hyps)
         return results
+
+    @staticmethod
+    def _trace(steps: list, B: int, K: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Follow the back-pointers from the final slots: tokens (B, K, T) and attention (B, K, T, S) or None."""
+        slot = torch.arange(K, device=steps[0][0].device).expand(B, K)
+        tokens, weights = [], []
+        for token, origin, w in reversed(steps):
+            tokens.append(token.gather(1, slot))
+            if w is not None:
+                weights.append(w.gather(1, slot[..., None].expand(-1, -1, w.shape[-1])))
+            slot = origin.gather(1, slot)
+        attn = torch.stack(weights[::-1], 2) if weights else None
+        return torch.stack(tokens[::-1], 2), attn
 
     def _hypothesis(self, seq, score, log_prob, weights, i, src_length) -> Hypothesis:
         """Cut ``seq`` at its EOS; the attention rows of its steps (EOS included), columns of its real source."""
