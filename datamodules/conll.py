@@ -138,9 +138,26 @@ def convert_scheme(tags: list[str], source: str, target: str) -> list[str]:
 
 
 class TaggingDataModule(SplitLoaders):
-    """Vocabularies, casing and batches for ``train`` / ``val`` / ``test`` sentences from ``load_sentences``."""
+    """Vocabularies and batches for ``train`` / ``val`` / ``test`` sentences from ``load_sentences``; subclasses
+    read from ``folder()``: ``path``, else ``<data_dir>/<default_folder>``."""
 
     objective = "tag"
+    default_folder = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.datasets: dict[str, list] = {}
+
+    def _check_sizes(self) -> None:
+        h = self.hparams
+        if min(h.batch_size, h.eval_batch_size, h.min_freq, h.max_word_len) < 1:
+            raise ValueError("batch_size, eval_batch_size, min_freq and max_word_len must be >= 1")
+
+    def folder(self) -> Path:
+        h = self.hparams
+        if h.path:
+            return Path(h.path).expanduser()
+        return (Path(h.data_dir).expanduser() if h.data_dir else default_data_dir()) / self.default_folder
 
     def load_sentences(self) -> dict[str, list[Sentence]]:
         raise NotImplementedError
@@ -210,6 +227,8 @@ class CoNLLDataModule(TaggingDataModule):
     lowercase, min_freq: the word vocabulary (lowercased words seen ``min_freq`` times; the rest ``<unk>``).
     """
 
+    default_folder = "conll2003"
+
     def __init__(
         self,
         path: str | None = None,
@@ -229,16 +248,8 @@ class CoNLLDataModule(TaggingDataModule):
         for name, value in (("source_scheme", source_scheme), ("scheme", scheme)):
             if value.upper() not in SCHEMES:
                 raise ValueError(f"{name} must be one of {', '.join(SCHEMES)}; got {value!r}")
-        if min(batch_size, eval_batch_size, min_freq, max_word_len) < 1:
-            raise ValueError("batch_size, eval_batch_size, min_freq and max_word_len must be >= 1")
         self.save_hyperparameters()
-        self.datasets: dict[str, list] = {}
-
-    def folder(self) -> Path:
-        h = self.hparams
-        if h.path:
-            return Path(h.path).expanduser()
-        return (Path(h.data_dir).expanduser() if h.data_dir else default_data_dir()) / "conll2003"
+        self._check_sizes()
 
     def load_sentences(self) -> dict[str, list[Sentence]]:
         h, folder = self.hparams, self.folder()
@@ -268,6 +279,8 @@ class CoNLLUDataModule(TaggingDataModule):
     """Universal Dependencies: ``*-ud-train/dev/test.conllu`` in ``path`` (default ``<data_dir>/ud_en_ewt``), with
     ``target`` ``upos`` or ``xpos`` tags. Other arguments as :class:`CoNLLDataModule`."""
 
+    default_folder = "ud_en_ewt"
+
     def __init__(
         self,
         path: str | None = None,
@@ -283,15 +296,11 @@ class CoNLLUDataModule(TaggingDataModule):
         super().__init__()
         if target not in ("upos", "xpos"):
             raise ValueError(f"target must be 'upos' or 'xpos'; got {target!r}")
-        if min(batch_size, eval_batch_size, min_freq, max_word_len) < 1:
-            raise ValueError("batch_size, eval_batch_size, min_freq and max_word_len must be >= 1")
         self.save_hyperparameters()
-        self.datasets: dict[str, list] = {}
+        self._check_sizes()
 
     def load_sentences(self) -> dict[str, list[Sentence]]:
-        h = self.hparams
-        folder = Path(h.path).expanduser() if h.path else (Path(h.data_dir) if h.data_dir else default_data_dir())
-        folder = folder if h.path else folder / "ud_en_ewt"
+        h, folder = self.hparams, self.folder()
         out = {}
         for split, name in (("train", "train"), ("val", "dev"), ("test", "test")):
             found = sorted(folder.glob(f"*-ud-{name}.conllu"))

@@ -55,6 +55,25 @@ class Task(L.LightningModule):
         for loader, state in zip(stateful, states):
             loader.load_state_dict(state)
 
+    # -- evaluation: the same step and epoch end for validation and test, told apart by ``stage`` -----------------
+    def _eval_step(self, batch, stage: str) -> None:
+        raise NotImplementedError
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        """Nothing by default: tasks that log per step need no epoch end."""
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip by the ``grad_clip`` hyperparameter (norm) when the task has one; ``--trainer.gradient_clip_val``
         overrides it."""

@@ -122,12 +122,6 @@ class ImageClassifier(Task):
         self.log(f"{stage}_acc", acc, prog_bar=True)
         self.log(f"{stage}_acc5", acc5)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self(x).softmax(-1)  # (B, num_classes) probabilities

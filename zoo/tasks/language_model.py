@@ -214,18 +214,6 @@ class LanguageModel(TextTask):
         self.log(f"{stage}_bpc", nll / math.log(2))
         self.log(f"{stage}_ppl", nll.exp())
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
     # -- sampling ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(

@@ -293,18 +293,6 @@ class Tagger(Task):
         self.log(f"{stage}_score", score, prog_bar=not self.chunked)
         getattr(self, f"{stage}_acc").reset()
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
     # -- raw text ---------------------------------------------------------------------------------------------
     def _encode(self, tokens: list[list[str]]):
         h = self.hparams

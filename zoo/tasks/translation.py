@@ -138,6 +138,7 @@ class Seq2Seq(Task):
             raise ValueError(f"grad_clip must be > 0 or None; got {grad_clip}")
         self.save_hyperparameters()
         self.net: nn.Module | None = None
+        self._samples: list | None = None  # validation translations for a logger that takes text
         if pretrained and (src_spec is None or tgt_spec is None):
             entry = _pretrained.get_pretrained(pretrained)["model_kwargs"]
             self.hparams.src_spec, self.hparams.tgt_spec = entry["src_spec"], entry["tgt_spec"]
@@ -210,7 +211,7 @@ class Seq2Seq(Task):
             return [refs[i] for i in index.tolist()]
         return [self.tgt_codec.decode([t for t in row.tolist()[1:] if t > EOS_ID]) for row in tgt]
 
-    def _eval_step(self, batch, stage: str, batch_idx: int = 1) -> None:
+    def _eval_step(self, batch, stage: str) -> None:
         src, lengths, tgt, index = batch
         logits, _ = self(src, lengths, tgt[:, :-1])
         n = int((tgt[:, 1:] != PAD_ID).sum())
@@ -221,7 +222,7 @@ class Seq2Seq(Task):
         if stage == "val":
             hyps = [self.tgt_codec.decode(g.tokens) for g in greedy]
             self.val_bleu.update(hyps, refs)
-            if batch_idx == 0:  # a few examples for the experiment tracker
+            if self._samples is None:  # a few examples of the epoch's first batch for the experiment tracker
                 srcs = [self.src_codec.decode(row[:n].tolist()) for row, n in zip(src[:SAMPLES], lengths.tolist())]
                 self._samples = [list(x) for x in zip(srcs, [r[0] for r in refs], hyps)]
             return
@@ -241,21 +242,9 @@ class Seq2Seq(Task):
             self.log(f"{stage}_{name}", metric.compute() * 100, prog_bar=name == "bleu")
             metric.reset()
         getattr(self, f"{stage}_nll").reset()
-        samples, self._samples = getattr(self, "_samples", None), None
+        samples, self._samples = self._samples, None
         if stage == "val" and samples and hasattr(self.logger, "log_text") and not self.trainer.sanity_checking:
             self.logger.log_text(key="val_translations", columns=["source", "reference", "greedy"], data=samples)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val", batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
 
     # -- raw strings ------------------------------------------------------------------------------------------
     def _batch(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
