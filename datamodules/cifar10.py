@@ -233,6 +233,12 @@ class CIFAR10DataModule(SplitDataModule):
     def eval_transform() -> v2.Compose:
         return normalisation(CIFAR10_MEAN, CIFAR10_STD)
 
+    @property
+    def preprocessing(self) -> dict:
+        """``eval_transform`` as data, in the format of a published weights entry: a model that keeps it can read
+        images it is given the way it read its test split."""
+        return {"input_size": [3, 32, 32], "scale": "uint8 / 255", "mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}
+
     # -- splits --------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams

@@ -378,6 +378,19 @@ class ImageFolderDataModule(SplitDataModule):
     def eval_transform(self) -> v2.Compose:
         return v2.Compose([*self._resize(), *normalisation(*self.mean_std()).transforms])
 
+    @property
+    def preprocessing(self) -> dict:
+        """``eval_transform`` as data, in the format of a published weights entry (images converted to RGB or L,
+        shorter side resized to the size, centre-cropped, scaled, normalised); computes mean/std if not yet known."""
+        h = self.hparams
+        mean, std = self.mean_std()
+        return {
+            "input_size": [h.channels, h.image_size, h.image_size],
+            "scale": "uint8 / 255",
+            "mean": mean,
+            "std": std,
+        }
+
     # -- splits and loaders --------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         splits = self._index()

@@ -63,6 +63,8 @@ def _isolated_env(tmp_path, monkeypatch):
     # later would attach to that service instead of its own and write no run files. Restored after each test.
     monkeypatch.delenv("WANDB_SERVICE", raising=False)
     monkeypatch.delenv("ZOO_RUN_DIR", raising=False)
+    # downloaded weights go to a per-test cache: a user's ~/.cache/zoo must neither serve nor receive test files
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "zoo-cache"))
 
 
 def _batch(rng, n: int, label: str) -> bytes:
@@ -189,3 +191,26 @@ def run_train(args: list[str], cwd: Path, timeout: int = 300, env: dict | None =
         text=True,
         timeout=timeout,
     )
+
+
+def pairs_tsv(folder: Path) -> Path:
+    path = folder / "pairs.tsv"
+    path.write_text("".join(f"ein hund {i} .\ta dog {i} .\n" for i in range(60)), encoding="utf-8")
+    return path
+
+
+TAGGED = [("EU", "PROPN", "I-ORG"), ("rejects", "VERB", "O"), ("German", "ADJ", "I-MISC"), (".", "PUNCT", "O")]
+
+
+def tagged_files(folder: Path, kind: str, words: list[tuple[str, str, str]] = TAGGED) -> Path:
+    """train/dev/test files of two tagged sentences each, as CoNLL-2003 columns or CoNLL-U."""
+    folder = folder / kind
+    folder.mkdir()
+    for split in ("train", "dev", "test"):
+        if kind == "conll":
+            text = "\n".join(f"{w} NNP I-NP {ner}" for w, _, ner in words) + "\n\n"
+            (folder / f"{split}.txt").write_text(text * 2)
+        else:
+            rows = [f"{i}\t{w}\t_\t{pos}\t_\t_\t0\t_\t_\t_" for i, (w, pos, _) in enumerate(words, start=1)]
+            (folder / f"x-ud-{split}.conllu").write_text(("\n".join(rows) + "\n\n") * 2)
+    return folder

@@ -89,7 +89,7 @@ def test_data_with_another_vocabulary_is_refused(names_dir, tmp_path):
     model = zoo.create_model(
         "lstm_classifier", vocab=["<pad>", "<unk>", "z"], classes=sorted(["Japanese", "Russian", "Scottish"])
     )
-    with pytest.raises(ValueError, match="vocabulary .* differs"):
+    with pytest.raises(ValueError, match="vocab .* differ from the model"):
         fit(model, names_dm(names_dir), tmp_path, fast_dev_run=1)
 
 

@@ -29,7 +29,7 @@ def test_hparams_are_json(tmp_path):
 
 def test_no_weight_decay_on_norm_and_bias():
     net = zoo.create_model("resnet20").net
-    decay, no_decay = param_groups(net, 5e-4)
+    decay, no_decay = param_groups(net, 5e-4, lr=0.1)
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     bn_and_bias = {id(p) for n, p in net.named_parameters() if "bn" in n or n.endswith("bias") or "stem.1" in n}

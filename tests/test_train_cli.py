@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import FIXTURE_ARGS, ROOT, run_train
+from conftest import FIXTURE_ARGS, ROOT, pairs_tsv, run_train, tagged_files
 
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
-RECIPES = [c for c in CONFIGS if "/trainer/" not in c]
+RECIPES = [c for c in CONFIGS if "/trainer/" not in c and "/finetune/" not in c]  # fine-tuning: test_finetune.py
 PRESETS = [c for c in CONFIGS if "/trainer/" in c]
 
 
@@ -40,8 +40,6 @@ def test_every_config_parses(config):
 @pytest.mark.parametrize("config", RECIPES, ids=RECIPES)
 def test_recipe_runs_fast_dev_run(config, cifar_dir, names_dir, text_path, tmp_path):
     args = ["fit", "--config", str(ROOT / config), "--config", str(ROOT / "configs/trainer/debug.yaml")]
-    if "finetune" in config:
-        args += ["--model.pretrained", "null"]  # weights are tested in test_pretrained.py
     data = yaml.safe_load((ROOT / config).read_text())["data"]["class_path"].rsplit(".", 1)[1]
     data_args = {
         "NamesDataModule": ["--data.data_dir", str(names_dir)],
@@ -51,27 +49,6 @@ def test_recipe_runs_fast_dev_run(config, cifar_dir, names_dir, text_path, tmp_p
         "CoNLLUDataModule": ["--data.path", str(tagged_files(tmp_path, "conllu"))],
     }.get(data) or fixture_args(cifar_dir)
     ok(run_train(args + data_args, tmp_path))
-
-
-def pairs_tsv(folder: Path) -> Path:
-    path = folder / "pairs.tsv"
-    path.write_text("".join(f"ein hund {i} .\ta dog {i} .\n" for i in range(60)), encoding="utf-8")
-    return path
-
-
-def tagged_files(folder: Path, kind: str) -> Path:
-    """train/dev/test files of two tagged sentences each, as CoNLL-2003 columns or CoNLL-U."""
-    folder = folder / kind
-    folder.mkdir()
-    words = [("EU", "PROPN", "I-ORG"), ("rejects", "VERB", "O"), ("German", "ADJ", "I-MISC"), (".", "PUNCT", "O")]
-    for split in ("train", "dev", "test"):
-        if kind == "conll":
-            text = "\n".join(f"{w} NNP I-NP {ner}" for w, _, ner in words) + "\n\n"
-            (folder / f"{split}.txt").write_text(text * 2)
-        else:
-            rows = [f"{i}\t{w}\t_\t{pos}\t_\t_\t0\t_\t_\t_" for i, (w, pos, _) in enumerate(words, start=1)]
-            (folder / f"x-ud-{split}.conllu").write_text(("\n".join(rows) + "\n\n") * 2)
-    return folder
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=PRESETS)

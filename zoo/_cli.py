@@ -1,18 +1,22 @@
-"""The ``zoo`` console script: ``zoo list``, ``zoo publish``, ``zoo readme``."""
+"""The ``zoo`` console script: ``list``, ``info`` (model cards), ``predict``, ``evaluate``, ``verify``, ``publish``,
+``readme``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from rich.console import Console
 from rich.table import Table
 
 import zoo
-from zoo._pretrained import read_manifest
-from zoo._publish import FP16_TOLERANCE, publish
+from zoo._pretrained import PretrainedError, cache_dir, checkpoint_dir, read_manifest, sha256_of
+from zoo._publish import FP16_TOLERANCE, CheckpointError, build_datamodule, evaluate, headline_metric, publish
 
-__all__ = ["main", "model_table", "weights_table", "render_readme"]
+__all__ = ["main", "model_table", "weights_table", "render_readme", "model_card"]
+
+EVALUATE_TOLERANCE = 0.1  # points (see headline_metric) within which `zoo evaluate` calls a metric reproduced
 
 
 def model_table() -> str:
@@ -89,6 +93,180 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count_flops(net, shape: list[int]) -> float:
+    """Multiply-adds (the papers' convention) of one forward pass on a zero input of ``shape`` (C, H, W)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net.eval()(torch.zeros(1, *shape))
+    return counter.get_total_flops() / 2
+
+
+def _data_licence(class_path: str) -> str:
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    return getattr(cls, "licence", None) or "not stated: check the dataset's terms before you publish results"
+
+
+def model_card(name: str) -> dict:
+    """What ``zoo info`` shows: registered model ``name`` or published weights ``model.tag``, from the registry and
+    the manifest (never typed by hand: the README's tables come from the same place)."""
+    from zoo._registry import get_entry
+
+    manifest = read_manifest()
+    weights = name if name in manifest else None
+    model = manifest[name]["model"] if weights else name
+    entry = get_entry(model)  # raises UnknownModelError, listing the names
+    card: dict = {"model": model, "task": entry.task, "kind": entry.kind}
+    doc = (entry.builder.__doc__ or "").strip().splitlines()
+    card["architecture"] = doc[0] if doc else entry.builder.__name__
+    if weights:
+        e = zoo._pretrained.get_pretrained(weights)
+        net = zoo.load_pretrained(weights).net
+        card |= {
+            "weights": weights,
+            "file": e["file"],
+            "sha256": e["sha256"],
+            "dtype": e.get("dtype"),
+            "classes": e.get("classes"),
+            "metrics": e["metrics"],
+            "evaluation": e.get("evaluation", {}),
+            "recipe": e.get("recipe"),
+            "data": e.get("data", {}).get("class_path"),
+            "data_args": e.get("data", {}).get("init_args"),
+            "data_licence": _data_licence(e["data"]["class_path"]) if e.get("data") else None,
+            "training": e.get("training"),
+        }
+        shape = (e.get("preprocessing") or {}).get("input_size")
+    else:
+        net = zoo.create_model(model).net
+        shape = [3, 32, 32] if entry.kind == "image" else None
+        card["published_weights"] = [k for k, v in manifest.items() if v["model"] == model]
+    if net is not None:
+        card["params"] = sum(p.numel() for p in net.parameters())
+    if shape and net is not None:
+        card["mflops"] = round(_count_flops(net, shape) / 1e6, 1)
+        card["input_size"] = shape
+    return card
+
+
+def _info(args: argparse.Namespace) -> int:
+    card = model_card(args.name)
+    if args.json:
+        print(json.dumps(card, indent=1, ensure_ascii=False))
+        return 0
+    console = Console()
+    console.print(f"[bold]{card.get('weights') or card['model']}[/bold]: {card['architecture']}")
+    rows = [("model", card["model"]), ("task", card["task"])]
+    if "params" in card:
+        rows.append(("parameters", f"{card['params']:,}"))
+    if "mflops" in card:
+        rows.append(("MFLOPs", f"{card['mflops']} (multiply-adds at {'x'.join(map(str, card['input_size']))})"))
+    if "weights" in card:
+        ev, tr = card["evaluation"], card["training"] or {}
+        rows += [
+            ("metrics", ", ".join(f"{k}={v:.4f}" for k, v in card["metrics"].items())),
+            ("measured", "; ".join(f"{k}: {v}" for k, v in ev.items() if k in ("test_split", "val_split", "seeds"))),
+            ("checkpoint", json.dumps(ev.get("checkpoint", {}))),
+            ("data", f"{card['data']} {json.dumps(card['data_args'])}"),
+            ("data licence", card["data_licence"]),
+            ("recipe", card["recipe"]),
+            ("training", f"{tr.get('wall_time_s', 0) / 60:.0f} min, {tr.get('steps')} steps"),
+            ("file", f"{card['file']} ({card['dtype']}), sha256 {card['sha256']}"),
+        ]
+        if card.get("classes"):
+            rows.append(("classes", ", ".join(map(str, card["classes"]))))
+    else:
+        rows.append(("published weights", ", ".join(card["published_weights"]) or "-"))
+    table = Table(show_header=False)
+    for k, v in rows:
+        table.add_row(k, str(v))
+    console.print(table)
+    return 0
+
+
+def _load(name: str):
+    """Published weights ``model.tag`` (or a model with one set), or a train.py ``.ckpt``."""
+    if name.endswith(".ckpt") or "/" in name:
+        return zoo.load_checkpoint(name)
+    if name in read_manifest():
+        return zoo.load_pretrained(name)
+    return zoo.create_model(name, pretrained=True).eval()
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import inspect
+
+    model = _load(args.name)
+    options = {"top_k": args.top_k, "beam": args.beam, "length": args.length, "temperature": args.temperature}
+    options["seed"] = args.seed
+    accepted = inspect.signature(model.predict).parameters
+    results = model.predict(list(args.inputs), **{k: v for k, v in options.items() if k in accepted and v is not None})
+    if args.json:
+        print(json.dumps([{"input": i, "output": r} for i, r in zip(args.inputs, results)], ensure_ascii=False))
+        return 0
+    table = Table("input", "output")
+    for given, result in zip(args.inputs, results):
+        table.add_row(given, _render(result))
+    Console().print(table)
+    return 0
+
+
+def _render(result) -> str:
+    if isinstance(result, str):
+        return result
+    if isinstance(result, dict):  # a tagged sentence
+        tags = " ".join(f"{w}/{t}" for w, t in zip(result["tokens"], result["tags"]))
+        spans = "; ".join(f"{text} [{kind}]" for text, kind, *_ in result["spans"])
+        return tags + (f"\nspans: {spans}" if spans else "")
+    return ", ".join(f"{label} {p:.3f}" for label, p in result)  # (label, probability) pairs
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    name = args.name if args.name in read_manifest() else zoo._weights(args.name, True)[0]
+    entry = zoo._pretrained.get_pretrained(name)
+    model = zoo.load_pretrained(name)
+    dm = build_datamodule(entry["data"], args.data_dir)
+    measured = evaluate(model, dm, "test")
+    key, scale = headline_metric(type(model))
+    table = Table("metric", "manifest", "measured", "difference (points)")
+    for k, published in entry["metrics"].items():
+        if k in measured:
+            table.add_row(k, f"{published:.4f}", f"{measured[k]:.4f}", f"{(measured[k] - published) * scale:+.3f}")
+    Console().print(table)
+    diff = abs(measured[key] - entry["metrics"][key]) * scale
+    ok = diff <= EVALUATE_TOLERANCE
+    print(
+        f"{name}: {key} {'reproduced' if ok else 'NOT reproduced'}: {measured[key]:.4f} measured vs "
+        f"{entry['metrics'][key]:.4f} in the manifest ({diff:.3f} points; tolerance {EVALUATE_TOLERANCE})"
+    )
+    return 0 if ok else 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Every file of every manifest entry, where it is on this machine, against its sha256."""
+    table = Table("weights", "file", "where", "status")
+    bad = 0
+    for name, entry in read_manifest().items():
+        specs = [entry] + ([entry["model_kwargs_file"]] if entry.get("model_kwargs_file") else [])
+        for spec in specs:
+            found = [d / spec["file"] for d in (checkpoint_dir(), cache_dir()) if (d / spec["file"]).is_file()]
+            if not found:
+                status = "missing" + (" (downloaded on first use)" if spec.get("url") else "")
+                bad += not spec.get("url")
+                table.add_row(name, spec["file"], "-", status)
+            for path in found:
+                ok = sha256_of(path) == spec["sha256"]
+                bad += not ok
+                table.add_row(name, spec["file"], str(path.parent), "ok" if ok else "SHA256 MISMATCH: do not use")
+    Console().print(table)
+    print(f"{bad} problem(s)" if bad else "every local weights file matches the manifest")
+    return 1 if bad else 0
+
+
 def _publish(args: argparse.Namespace) -> int:
     tolerance = None if args.float32 else args.fp16_tolerance
     entry = publish(args.checkpoint, args.tag, args.recipe, data_dir=args.data_dir, fp16_tolerance=tolerance)
@@ -115,6 +293,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--pretrained", action="store_true", help="only models with published weights")
     p.set_defaults(fn=_list)
+    p = sub.add_parser("info", help="the model card of a model or of published weights (model.tag)")
+    p.add_argument("name", help="a registered model (zoo list) or published weights, e.g. resnet20.cifar10")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
+    p.set_defaults(fn=_info)
+    p = sub.add_parser("predict", help="run published weights or a train.py checkpoint on your inputs")
+    p.add_argument("name", help="published weights (resnet20.cifar10), a model with one set, or a .ckpt path")
+    p.add_argument("inputs", nargs="+", help="image files for CNNs; strings for text models (quote them)")
+    p.add_argument("--top-k", type=int, default=None, help="classes shown per input (classifiers)")
+    p.add_argument("--beam", type=int, default=None, help="beam width (translators; 1 = greedy)")
+    p.add_argument("--length", type=int, default=None, help="tokens generated (language models)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (language models)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (language models)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(fn=_predict)
+    p = sub.add_parser("evaluate", help="re-measure published weights' test metric on the real data")
+    p.add_argument("name", help="published weights, e.g. resnet20.cifar10 (or a model with one set)")
+    p.add_argument("--data-dir", default=None, help="dataset root (default: $ZOO_DATA_DIR)")
+    p.set_defaults(fn=_evaluate)
+    p = sub.add_parser("verify", help="check every local weights file against the manifest's sha256")
+    p.set_defaults(fn=_verify)
     p = sub.add_parser("publish", help="turn a train.py checkpoint into published weights (measures the test metric)")
     p.add_argument("checkpoint", help="a .ckpt written by train.py (e.g. runs/<name>/version_0/checkpoints/best.ckpt)")
     p.add_argument("--tag", required=True, help="weights are named <model>.<tag>, e.g. cifar10")
@@ -134,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except (zoo.PretrainedError, zoo.UnknownModelError, RuntimeError) as e:
+    except (PretrainedError, CheckpointError, zoo.UnknownModelError, RuntimeError, ValueError, OSError) as e:
         print(f"zoo: error: {e}", file=sys.stderr)
         return 2
 

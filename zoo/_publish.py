@@ -16,7 +16,15 @@ from safetensors.torch import save_file
 import zoo
 from zoo._pretrained import checkpoint_dir, read_manifest, sha256_of
 
-__all__ = ["publish", "read_checkpoint", "CheckpointError", "evaluate", "data_spec", "build_datamodule"]
+__all__ = [
+    "publish",
+    "headline_metric",
+    "read_checkpoint",
+    "CheckpointError",
+    "evaluate",
+    "data_spec",
+    "build_datamodule",
+]
 
 
 class CheckpointError(RuntimeError):
@@ -76,6 +84,13 @@ FP16_TOLERANCE = 0.05  # percentage points of test accuracy that fp16 storage ma
 LARGE_KWARG = 2000  # characters of JSON: model kwargs larger than this go to <name>.kwargs.json
 
 
+def headline_metric(cls: type) -> tuple[str, float]:
+    """The metric a task selects on, as measured on test, and its scale to points: fractions (accuracy, F1) x100,
+    BLEU (already 0-100) x1, a loss (nats) x100 (so a point is 0.01 nats)."""
+    key = "test_" + cls.monitor[0].removeprefix("val_")
+    return key, 1.0 if key == "test_bleu" else 100.0
+
+
 def publish(
     ckpt_path: str | Path,
     tag: str,
@@ -102,10 +117,7 @@ def publish(
     val = evaluate(model, dm, "validate")
     test = evaluate(model, dm, "test")
     state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
-    # the metric the task selects on, measured on test: fractions and BLEU (0-100) compared in points, a loss
-    # (nats) in 1/100 of them
-    key = "test_" + cls.monitor[0].removeprefix("val_")
-    scale = 1.0 if key == "test_bleu" else 100.0
+    key, scale = headline_metric(cls)
     dtype, storage = "float32", {f"float32_{key}": test[key]}
     if fp16_tolerance is not None:
         half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}

@@ -8,15 +8,138 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from zoo import _pretrained
 from zoo.tasks._optim import build_optimizer, build_schedule
 
-__all__ = ["Task"]
+__all__ = ["Task", "check_finetune_args"]
+
+FREEZE = ("backbone",)
+
+
+def check_finetune_args(freeze: str | None, unfreeze_epoch: int | None, backbone_lr_mult: float) -> None:
+    """The fine-tuning hyperparameters every task takes (see ``Task.finetune_doc``)."""
+    if freeze is not None and freeze not in FREEZE:
+        raise ValueError(f"freeze must be one of {', '.join(FREEZE)} or None; got {freeze!r}")
+    if unfreeze_epoch is not None and (freeze is None or unfreeze_epoch < 1):
+        raise ValueError(
+            f"unfreeze_epoch={unfreeze_epoch} needs --model.freeze backbone and a value >= 1 (the epoch at which "
+            "the backbone starts training)"
+        )
+    if backbone_lr_mult < 0:
+        raise ValueError(f"backbone_lr_mult must be >= 0 (0 keeps the backbone fixed); got {backbone_lr_mult}")
 
 
 class Task(L.LightningModule):
+    """Fine-tuning, shared by every task through three hyperparameters:
+
+    - ``freeze="backbone"``: only the head (``head_prefixes`` of the net: the classifier, the tagger's emission
+      layer and CRF, the output layer of language models and translators) trains; the rest keeps its weights and
+      its batch-norm statistics (a linear probe).
+    - ``unfreeze_epoch=N``: with ``freeze="backbone"``, the backbone starts training at epoch N (the head is
+      trained alone first so that its random start does not wreck the pretrained features; Howard & Ruder 2018).
+    - ``backbone_lr_mult``: the backbone's learning rate relative to ``lr`` (e.g. 0.1).
+    """
+
     monitor: tuple[str, str] = ("val_loss", "min")  # what ModelCheckpoint selects on in train.py
     weights_kwargs: tuple[str, ...] = ()  # hyperparameters that rebuild the net of published weights
+    head_prefixes: tuple[str, ...] = ("head.",)  # net parameters trained from scratch when fine-tuning
+    _frozen: bool = False
+
+    # -- fine-tuning ----------------------------------------------------------------------------------------
+    # net state keys indexed by one of the task's vocabularies (tokens, classes, tags):
+    # key -> (vocabulary, the dims it indexes; () for buffers the net rebuilds from the vocabulary)
+    indexed_params: dict[str, tuple[str, tuple[int, ...]]] = {}
+    remappable: tuple[str, ...] = ()  # hyperparameters in weights_kwargs that fine-tuning maps instead of copying
+
+    def take_weights_kwargs(self) -> None:
+        """With ``pretrained``, build the weights' architecture: their ``weights_kwargs`` replace the model's (the
+        weights load into nothing else), except the ``remappable`` ones (vocabularies, classes), taken only when
+        not given. Values replaced are logged."""
+        h = self.hparams
+        entry = _pretrained.get_pretrained(h.pretrained)["model_kwargs"]
+        take = {
+            k: entry[k]
+            for k in self.weights_kwargs
+            if k in entry and (h.get(k) is None if k in self.remappable else h.get(k) != entry[k])
+        }
+        replaced = [f"{k}={take[k]!r} (not {h[k]!r})" for k in take if h.get(k) is not None]
+        if replaced:
+            rank_zero_info(f"{h.pretrained}: the weights' architecture: {', '.join(replaced)}")
+        self.adopt(**take)
+
+    @staticmethod
+    def vocabularies(h) -> dict[str, list | None]:
+        """The task's vocabularies held in hyperparameters (or a manifest's model kwargs) ``h``, by name."""
+        return {}
+
+    def load_weights(self) -> None:
+        """Load the published weights ``pretrained`` into the net. Where the model's vocabularies differ from the
+        weights' (fine-tuning on other data), entries both hold keep their learnt rows and the others start
+        fresh; what was mapped is logged."""
+        h = self.hparams
+        old = self.vocabularies(_pretrained.get_pretrained(h.pretrained)["model_kwargs"])
+        new = self.vocabularies(h)
+        remap = {
+            key: (v, list(old[v]), list(new[v]), dims)
+            for key, (v, dims) in self.indexed_params.items()
+            if old.get(v) is not None and new.get(v) is not None and list(old[v]) != list(new[v])
+        }
+        _pretrained.load_into(self.net, h.pretrained, arch=h.arch, remap=remap)
+
+    def differs_from_data(self, theirs: dict[str, list | None]) -> bool:
+        """Whether the data's vocabularies (``None``: the data does not say) differ from the model's. Without
+        published weights to map from that is an error: ids would mean other entries. With ``pretrained`` the
+        caller takes the data's and rebuilds the net (:meth:`load_weights` maps what it can)."""
+        mine = self.vocabularies(self.hparams)
+        differ = [k for k, v in theirs.items() if v is not None and list(v) != list(mine.get(k) or [])]
+        if differ and not self.hparams.get("pretrained"):
+            sizes = ", ".join(f"{k} ({len(theirs[k])} vs {len(mine.get(k) or [])})" for k in differ)
+            raise ValueError(
+                f"the data's {sizes} differ from the model's: ids would mean other entries. Use the data (and its "
+                "settings) the model was trained on, or start from published weights (--model.pretrained NAME.TAG), "
+                "which maps the entries both hold"
+            )
+        if differ:
+            rank_zero_info(f"fine-tuning on data with other {', '.join(differ)}: mapping them onto the weights")
+        return bool(differ)
+
+    def is_head(self, name: str) -> bool:
+        """Whether net parameter ``name`` belongs to the head (not frozen by ``freeze="backbone"``)."""
+        return name.startswith(self.head_prefixes)
+
+    def backbone_frozen(self, epoch: int) -> bool:
+        h = self.hparams
+        return h.get("freeze") == "backbone" and (h.get("unfreeze_epoch") is None or epoch < h.unfreeze_epoch)
+
+    def _set_frozen(self, frozen: bool) -> None:
+        for name, p in self.net.named_parameters():
+            if not self.is_head(name):
+                p.requires_grad_(not frozen)
+        self._frozen = frozen
+        self.train(self.training)  # re-applies the batch-norm mode
+        n = sum(p.numel() for name, p in self.net.named_parameters() if not self.is_head(name))
+        rank_zero_info(
+            f"backbone ({n:,} parameters) {'frozen' if frozen else 'unfrozen'} at epoch {self.current_epoch}"
+        )
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """Freeze or unfreeze the backbone when the epoch asks for another state (checked per batch, so a run
+        resumed mid-epoch is in the right state)."""
+        frozen = self.backbone_frozen(self.current_epoch)
+        if frozen != self._frozen:
+            self._set_frozen(frozen)
+
+    def train(self, mode: bool = True):
+        """As ``nn.Module.train``, but a frozen backbone keeps its batch-norm statistics (eval mode)."""
+        super().train(mode)
+        if mode and self._frozen:
+            for name, m in self.net.named_modules():
+                if isinstance(m, _BatchNorm) and not self.is_head(name + "."):
+                    m.eval()
+        return self
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -83,7 +206,9 @@ class Task(L.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        opt = build_optimizer(self.net, h.optimizer, h.lr, h.weight_decay, h.momentum)
+        mult = h.get("backbone_lr_mult", 1.0)
+        is_head = self.is_head if mult != 1.0 else None
+        opt = build_optimizer(self.net, h.optimizer, h.lr, h.weight_decay, h.momentum, is_head, mult)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = total / max(self.trainer.max_epochs or 1, 1)
         sched = build_schedule(opt, h.schedule, total, int(h.warmup_epochs * per_epoch))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -11,19 +12,41 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights of convolutions/linears decay; norm parameters and biases (1-d tensors) do not."""
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(
+    module: nn.Module,
+    weight_decay: float,
+    lr: float,
+    is_head: Callable[[str], bool] | None = None,
+    backbone_lr_mult: float = 1.0,
+) -> list[dict]:
+    """Weights of convolutions/linears decay; norm parameters and biases (1-d tensors) do not. With ``is_head``,
+    the parameters it does not name (the backbone) learn at ``lr * backbone_lr_mult`` (discriminative fine-tuning,
+    Howard & Ruder 2018). Frozen parameters are included: they get no gradient, so the optimiser skips them, and
+    unfreezing them later needs no new group."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in module.named_parameters():
+        backbone = is_head is not None and not is_head(name)
+        groups.setdefault((p.ndim <= 1, backbone), []).append(p)
+    return [
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr": lr * (backbone_lr_mult if backbone else 1.0),
+        }
+        for (no_decay, backbone), params in sorted(groups.items())
+    ]
 
 
 def build_optimizer(
-    module: nn.Module, name: str, lr: float, weight_decay: float, momentum: float
+    module: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    is_head: Callable[[str], bool] | None = None,
+    backbone_lr_mult: float = 1.0,
 ) -> torch.optim.Optimizer:
-    groups = param_groups(module, weight_decay)
+    groups = param_groups(module, weight_decay, lr, is_head, backbone_lr_mult)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     return torch.optim.AdamW(groups, lr=lr)

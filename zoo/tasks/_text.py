@@ -26,11 +26,17 @@ class TextTask(Task):
         tokens = TOKENIZE[h.tokenizer](text.lower() if h.get("lowercase") else text)
         return torch.tensor([self.stoi.get(t, unk) for t in tokens] or [unk], dtype=torch.long)
 
-    def check_vocab(self, itos: list[str] | None) -> None:
-        """Refuse data whose token ids mean other tokens than the model's."""
-        mine = list(self.hparams.vocab or [])
-        if itos is not None and list(itos) != mine:
-            raise ValueError(
-                f"the data's vocabulary ({len(itos)} tokens) differs from the model's ({len(mine)}): token ids would "
-                "mean other tokens. Use the data the model was trained on."
-            )
+    @staticmethod
+    def vocabularies(h) -> dict[str, list | None]:
+        return {"vocab": h.get("vocab"), "classes": h.get("classes")}
+
+    def check_text_settings(self, dm) -> None:
+        """Refuse data read with another tokeniser or case than the model's: its tokens would not be the
+        model's (and fine-tuning could not map them onto the weights' vocabulary)."""
+        theirs = getattr(dm, "hparams", {})
+        for key in ("tokenizer", "lowercase"):
+            if theirs.get(key) is not None and key in self.hparams and theirs[key] != self.hparams[key]:
+                raise ValueError(
+                    f"the data is read with {key}={theirs[key]!r} but the model with {key}={self.hparams[key]!r}: "
+                    f"pass --data.{key} {self.hparams[key]} so that tokens mean what the model learnt"
+                )

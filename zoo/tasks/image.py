@@ -1,17 +1,30 @@
-"""Image classification task: wraps any registered CNN from ``zoo.nets``."""
+"""Image classification task: wraps any registered CNN from ``zoo.nets``, and reads the images a user holds
+(files, PIL images, tensors) with the preprocessing it was trained with."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms.v2 import functional as TF
 
 from zoo import _pretrained
 from zoo._registry import get_entry
-from zoo.tasks._base import Task
+from zoo.tasks._base import Task, check_finetune_args
 from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, check_choice
 
 __all__ = ["ImageClassifier"]
+
+PREDICT_BATCH = 256  # images per forward pass in predict(): bounds memory for a long list of files
+PIL_MODES = {3: "RGB", 1: "L"}  # what files and PIL images are converted to, by the model's in_chans
+ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
 
 class ImageClassifier(Task):
@@ -21,8 +34,15 @@ class ImageClassifier(Task):
         arch: registered net name (``zoo.list_models()``), e.g. ``resnet20``.
         num_classes, in_chans: passed to the net.
         net_kwargs: other keyword arguments of the net builder.
+        classes: class names, by label; filled from the DataModule's ``classes`` at ``fit`` (or from the weights).
+        preprocessing: how an image becomes the net's input, the format of a published weights entry:
+            ``{"input_size": [C, H, W], "scale": "uint8 / 255", "mean": [...], "std": [...]}``; filled from the
+            DataModule's ``preprocessing`` at ``fit`` (or from the weights), read by ``predict``.
         pretrained: published weights ``name.tag`` to start from (``zoo.list_pretrained()``); a different
-            ``num_classes`` keeps the backbone and resets the classifier.
+            ``num_classes`` keeps the backbone and resets the classifier. Their class names (when the number
+            matches) and preprocessing come with them unless given.
+        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning: a frozen backbone (linear probe), the epoch it
+            starts training, its learning rate relative to ``lr`` (see ``zoo.tasks._base.Task``).
         optimizer: ``sgd`` (Nesterov when momentum > 0) or ``adamw``.
         lr, momentum, weight_decay: weight decay is not applied to norm parameters and biases.
         schedule: ``cosine`` (linear warm-up, cosine to 0), ``onecycle`` or ``constant``, stepped per batch.
@@ -40,7 +60,12 @@ class ImageClassifier(Task):
         num_classes: int = 10,
         in_chans: int = 3,
         net_kwargs: dict | None = None,
+        classes: list[str] | None = None,
+        preprocessing: dict | None = None,
         pretrained: str | None = None,
+        freeze: str | None = None,
+        unfreeze_epoch: int | None = None,
+        backbone_lr_mult: float = 1.0,
         optimizer: str = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -53,34 +78,55 @@ class ImageClassifier(Task):
         super().__init__()
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("schedule", schedule, SCHEDULES)
+        check_finetune_args(freeze, unfreeze_epoch, backbone_lr_mult)
         if lr <= 0 or weight_decay < 0 or warmup_epochs < 0 or not 0 <= label_smoothing < 1 or num_classes < 1:
             raise ValueError(
                 "need lr > 0, weight_decay >= 0, warmup_epochs >= 0, 0 <= label_smoothing < 1, num_classes >= 1; "
                 f"got lr={lr}, weight_decay={weight_decay}, warmup_epochs={warmup_epochs}, "
                 f"label_smoothing={label_smoothing}, num_classes={num_classes}"
             )
+        if classes is not None and len(classes) != num_classes:
+            raise ValueError(f"{len(classes)} class names for num_classes={num_classes}")
+        if preprocessing:
+            _check_preprocessing(preprocessing, in_chans)
         self.save_hyperparameters()
+        if pretrained and (classes is None or not preprocessing):  # the weights bring their class names and inputs
+            entry = _pretrained.get_pretrained(pretrained)
+            names, prep = entry.get("classes") or [], entry.get("preprocessing") or {}
+            if classes is None and len(names) == num_classes:  # else the classifier is reset: other classes
+                self.adopt(classes=list(names))
+            if not preprocessing and prep.get("input_size", [None])[0] == in_chans:
+                self.adopt(preprocessing=dict(prep))
         self.net = get_entry(arch).builder(num_classes=num_classes, in_chans=in_chans, **(net_kwargs or {}))
         if pretrained:
-            _pretrained.load_into(self.net, pretrained, arch=arch)
+            self.load_weights()
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self._metrics(num_classes)
+
+    def _metrics(self, num_classes: int) -> None:
         k5 = min(5, num_classes)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc, self.val_acc5 = (
-            MulticlassAccuracy(num_classes, average="micro"),
-            MulticlassAccuracy(num_classes, top_k=k5, average="micro"),
-        )
-        self.test_acc, self.test_acc5 = (
-            MulticlassAccuracy(num_classes, average="micro"),
-            MulticlassAccuracy(num_classes, top_k=k5, average="micro"),
-        )
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
+            setattr(self, f"{stage}_acc5", MulticlassAccuracy(num_classes, top_k=k5, average="micro"))
 
     def setup(self, stage: str) -> None:
         """Refuse data the net cannot fit: another number of classes or of image channels than it was built for.
         (The DataModule's ``setup`` has run; any DataModule with ``classes`` / ``hparams.channels`` is checked.)"""
         dm = getattr(self.trainer, "datamodule", None)
         classes = getattr(dm, "classes", None)
+        if classes and len(classes) != self.hparams.num_classes and stage == "fit" and self.hparams.pretrained:
+            # fine-tuning on other classes: a new classifier for them, the backbone kept
+            rank_zero_info(
+                f"{self.hparams.pretrained}: classifier reset for the data's {len(classes)} classes (the weights have "
+                f"{self.hparams.num_classes}); backbone loaded"
+            )
+            self.net.reset_classifier(len(classes))
+            if self.hparams.channels_last:
+                self.net = self.net.to(memory_format=torch.channels_last)
+            self.adopt(num_classes=len(classes))
+            self._metrics(len(classes))
         if classes and len(classes) != self.hparams.num_classes:
             shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
             raise ValueError(
@@ -93,6 +139,22 @@ class ImageClassifier(Task):
             raise ValueError(
                 f"the data gives {channels}-channel images but the model takes in_chans={self.hparams.in_chans}: "
                 f"pass --data.channels {self.hparams.in_chans} (images are converted) or --model.in_chans {channels}"
+            )
+        # What predict() needs to read raw images: training teaches the model the data's, so fit adopts them; other
+        # stages only fill what the model lacks, and say when the data is read otherwise than the model was trained.
+        prep = getattr(dm, "preprocessing", None)
+        known = {
+            "classes": [str(c) for c in classes] if classes else None,
+            "preprocessing": dict(prep) if prep else None,
+        }
+        known = {k: v for k, v in known.items() if v is not None}
+        h = self.hparams
+        self.adopt(**{k: v for k, v in known.items() if stage == "fit" or not h.get(k)})
+        differ = [k for k, v in known.items() if h[k] != v]
+        if differ:
+            rank_zero_warn(
+                f"the data's {' and '.join(differ)} differ from the model's ({'; '.join(str(h[k]) for k in differ)}): "
+                "its scores on this data may not be what it was trained for"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,3 +187,112 @@ class ImageClassifier(Task):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self(x).softmax(-1)  # (B, num_classes) probabilities
+
+    # -- the images a user holds ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-``k`` ``(class name, probability)`` per image, most likely first (``k`` capped at ``num_classes``;
+        names "0", "1", ... when the model has none).
+
+        ``inputs``: one or a list of image paths, PIL images, or tensors (C, H, W) / (B, C, H, W) of uint8 0..255
+        or floats 0..1; a single input gives a list of one result, a (B, C, H, W) tensor one result per image.
+        Each image is read as the model's test split was (``preprocessing``): files and PIL images have their EXIF
+        orientation applied and are converted to RGB (``in_chans`` 3) or grayscale L (``in_chans`` 1), whatever
+        their mode (L, RGBA, P, CMYK ...; transparency is dropped); then the shorter side is resized to the input
+        size, the centre cropped, values scaled to [0, 1] and normalised by the model's mean and std. Runs in eval
+        mode without gradients; the previous mode is restored."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        x = self.preprocess(inputs)  # (N, C, H, W)
+        dtype = next(self.net.parameters()).dtype
+        with self.evaluating():
+            probs = torch.cat(
+                [self(b.to(self.device, dtype)).float().softmax(-1).cpu() for b in x.split(PREDICT_BATCH)]
+            )
+        names = self.hparams.classes or [str(i) for i in range(self.hparams.num_classes)]
+        top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        return [[(names[c], float(p)) for p, c in zip(ps, cs)] for ps, cs in zip(top.values, top.indices)]
+
+    def preprocess(self, inputs: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
+        """The net's input (N, C, H, W) float32 for raw images, read as ``predict`` reads them."""
+        prep = self.hparams.preprocessing
+        if not prep:
+            raise RuntimeError(
+                "the model does not know how its inputs were preprocessed (size, mean, std): train it on a DataModule "
+                "with `preprocessing` (CIFAR-10, an image folder), load published weights, or pass preprocessing="
+                '{"input_size": [C, H, W], "mean": [...], "std": [...]}'
+            )
+        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if not items:
+            raise ValueError("no images given")
+        channels, size = prep["input_size"][0], tuple(prep["input_size"][1:])
+        out = []
+        for item in items:
+            x = self._as_tensor(item, channels, max(size))  # (B, C, h, w), uint8 or float in [0, 1]
+            if tuple(x.shape[-2:]) != size:  # as the image DataModule: shorter side to the size, then the centre
+                x = TF.center_crop(TF.resize(x, [min(size)], antialias=True), list(size))
+            out.append(TF.normalize(TF.to_dtype(x, torch.float32, scale=True), prep["mean"], prep["std"]))
+        return torch.cat(out)
+
+    def _as_tensor(self, item: ImageInput, channels: int, size: int) -> torch.Tensor:
+        if isinstance(item, (str, os.PathLike)):
+            return TF.pil_to_tensor(_read_image(Path(item), channels, size))[None]
+        if isinstance(item, Image.Image):
+            return TF.pil_to_tensor(_convert(item, channels))[None]
+        if not isinstance(item, torch.Tensor):
+            raise TypeError(
+                "predict() reads image paths, PIL images and tensors (C, H, W) or (B, C, H, W); "
+                f"got {type(item).__name__}"
+            )
+        x = item.detach().cpu()
+        if x.dim() not in (3, 4) or x.shape[-3] != channels:
+            raise ValueError(
+                f"an image tensor of shape {tuple(x.shape)}: the model takes {channels}-channel images, (C, H, W) = "
+                f"({channels}, H, W) or (B, {channels}, H, W)"
+            )
+        if x.dtype != torch.uint8 and not x.is_floating_point():
+            raise TypeError(f"image tensors are uint8 (0..255) or float (0..1); got {x.dtype}")
+        if x.is_floating_point() and x.numel() and (x.min() < 0 or x.max() > 1):
+            raise ValueError(
+                f"a float image tensor with values in [{float(x.min()):.3g}, {float(x.max()):.3g}]: floats are read as "
+                "0..1 (pass uint8 for 0..255; the model normalises by itself)"
+            )
+        return x if x.dim() == 4 else x[None]
+
+
+def _check_preprocessing(prep: dict, in_chans: int) -> None:
+    size, mean, std = prep.get("input_size") or [], prep.get("mean") or [], prep.get("std") or []
+    if not (len(size) == 3 and size[0] == in_chans and len(mean) == len(std) == in_chans and min(std) > 0):
+        raise ValueError(
+            f"preprocessing needs input_size [C, H, W], mean and std (> 0) with C = in_chans = {in_chans}; got {prep}"
+        )
+
+
+def _pil_mode(channels: int) -> str:
+    if channels not in PIL_MODES:
+        raise ValueError(f"the model takes {channels}-channel images, which no image file holds: give tensors")
+    return PIL_MODES[channels]
+
+
+def _convert(im: Image.Image, channels: int) -> Image.Image:
+    """``im`` upright and in the model's mode, as the image DataModule decodes its files (repeated here: tasks do
+    not import DataModules)."""
+    mode = _pil_mode(channels)
+    im = ImageOps.exif_transpose(im)  # phone photos store rotation in EXIF, not in the pixels
+    if im.mode == "P" and "transparency" in im.info:  # PIL warns on P -> RGB with transparency
+        im = im.convert("RGBA")
+    if im.mode.startswith("I"):  # 16/32-bit: PIL's convert would clip to white
+        im = Image.fromarray((np.asarray(im, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8))
+    return im.convert(mode)
+
+
+def _read_image(path: Path, channels: int, size: int) -> Image.Image:
+    mode = _pil_mode(channels)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as im:
+            im.draft(mode, (size, size))  # JPEG: decode at 1/2..1/8 scale, still >= size (as the DataModule does)
+            return _convert(im, channels)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path} is not an image PIL can read ({type(e).__name__}: {e})") from e

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
-from zoo import _pretrained
 from zoo._registry import get_entry
+from zoo.tasks._base import check_finetune_args
 from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, check_choice
 from zoo.tasks._text import TOKENIZE, TextTask
 
@@ -32,6 +32,10 @@ class LanguageModel(TextTask):
         arch: ``rnn_lm``, ``lstm_lm`` or ``gru_lm``.
         vocab, tokenizer: filled from the DataModule when not given.
         embed_dim, hidden_size, num_layers, dropout, tie_weights: the net; ``net_kwargs`` for the rest.
+        pretrained: published weights ``name.tag`` to start from; their vocabulary comes with them (data with
+            another vocabulary: known tokens keep their vectors, the rest start fresh).
+        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning: a frozen backbone (linear probe), the epoch it
+            starts training, its learning rate relative to ``lr`` (see ``zoo.tasks._base.Task``).
         bptt: tokens per truncated-BPTT step (default: the whole window of a batch).
         grad_clip: gradient-norm clipping, applied at every step (on in every recurrent recipe).
         reset_prob: chance that a stream's carried state is zeroed before a training batch. Without it the model
@@ -41,6 +45,12 @@ class LanguageModel(TextTask):
     """
 
     monitor = ("val_loss", "min")
+    remappable = ("vocab",)
+    indexed_params = {
+        "encoder.embedding.weight": ("vocab", (0,)),
+        "head.weight": ("vocab", (0,)),
+        "head.bias": ("vocab", (0,)),
+    }
     weights_kwargs = (
         "vocab",
         "tokenizer",
@@ -64,6 +74,9 @@ class LanguageModel(TextTask):
         tie_weights: bool = False,
         net_kwargs: dict | None = None,
         pretrained: str | None = None,
+        freeze: str | None = None,
+        unfreeze_epoch: int | None = None,
+        backbone_lr_mult: float = 1.0,
         bptt: int | None = None,
         optimizer: str = "adamw",
         lr: float = 2e-3,
@@ -77,6 +90,7 @@ class LanguageModel(TextTask):
         super().__init__()
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("schedule", schedule, SCHEDULES)
+        check_finetune_args(freeze, unfreeze_epoch, backbone_lr_mult)
         check_choice("tokenizer", tokenizer, tuple(TOKENIZE))
         if get_entry(arch).kind != "language_model":
             raise ValueError(f"{arch!r} is not a language model; use one of rnn_lm, lstm_lm, gru_lm")
@@ -88,8 +102,8 @@ class LanguageModel(TextTask):
         self.automatic_optimization = False  # truncated BPTT: several optimiser steps per batch
         self.net: nn.Module | None = None
         self._state = {"train": None, "val": None, "test": None}
-        if pretrained and vocab is None:
-            self.hparams.vocab = _pretrained.get_pretrained(pretrained)["model_kwargs"]["vocab"]
+        if pretrained:  # the weights bring their architecture and vocabulary
+            self.take_weights_kwargs()
         if self.hparams.vocab is not None:
             self._build()
 
@@ -106,7 +120,7 @@ class LanguageModel(TextTask):
         }
         self.net = get_entry(h.arch).builder(vocab_size=len(h.vocab), **kwargs)
         if h.pretrained:
-            _pretrained.load_into(self.net, h.pretrained, arch=h.arch)
+            self.load_weights()
         self.stoi = {t: i for i, t in enumerate(h.vocab)}
         self.val_nll, self.test_nll = MeanMetric(), MeanMetric()
 
@@ -120,7 +134,10 @@ class LanguageModel(TextTask):
             self.adopt(tokenizer=getattr(dm, "hparams", {}).get("tokenizer", self.hparams.tokenizer))
             self._build()
         else:
-            self.check_vocab(itos)
+            self.check_text_settings(dm)
+            if self.differs_from_data({"vocab": itos}):
+                self.hparams.vocab = list(itos)
+                self._build()
         seq_len = getattr(dm, "hparams", {}).get("seq_len")
         if self.hparams.bptt and seq_len and self.hparams.bptt > seq_len:
             rank_zero_warn(
@@ -249,6 +266,21 @@ class LanguageModel(TextTask):
                 logits, state = self(torch.tensor([[nxt]], device=self.device), state)
         sep = "" if self.hparams.tokenizer == "char" else " "
         return prompt + sep + sep.join(self.hparams.vocab[i] for i in out)
+
+    def predict(
+        self,
+        prompts: str | list[str],
+        length: int = 200,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> list[str]:
+        """``generate`` for each prompt: a list of texts, each its prompt and ``length`` new tokens (a single
+        string gives a list of one). Every prompt is sampled with the same ``seed``, so its text does not depend
+        on the other prompts."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return [self.generate(p, length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed) for p in prompts]
 
 
 def _filter(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

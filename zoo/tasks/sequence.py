@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from zoo import _pretrained
 from zoo._registry import get_entry
+from zoo.tasks._base import check_finetune_args
 from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, check_choice
 from zoo.tasks._text import TOKENIZE, TextTask
 
@@ -40,6 +40,8 @@ class SequenceClassifier(TextTask):
             ``net_kwargs`` for the rest (``residual``, ``nonlinearity``, ``recurrent_init``, ``forget_bias`` ...).
         pretrained: published weights ``name.tag`` to start from; their vocabulary and classes come with them
             (other ``classes`` reset the classifier).
+        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning: a frozen backbone (linear probe), the epoch it
+            starts training, its learning rate relative to ``lr`` (see ``zoo.tasks._base.Task``).
         optimizer, lr, momentum, weight_decay, schedule, warmup_epochs: as ``ImageClassifier``.
         label_smoothing: cross-entropy label smoothing.
         class_weighted: weight the loss by the DataModule's ``class_weights`` (inverse class frequency).
@@ -47,6 +49,12 @@ class SequenceClassifier(TextTask):
     """
 
     monitor = ("val_acc", "max")
+    remappable = ("vocab", "classes")
+    indexed_params = {
+        "encoder.embedding.weight": ("vocab", (0,)),
+        "head.weight": ("classes", (0,)),
+        "head.bias": ("classes", (0,)),
+    }
     # what rebuilds the net of published weights (stored in the manifest beside them)
     weights_kwargs = (
         "vocab",
@@ -81,6 +89,9 @@ class SequenceClassifier(TextTask):
         pooling: str = "last",
         net_kwargs: dict | None = None,
         pretrained: str | None = None,
+        freeze: str | None = None,
+        unfreeze_epoch: int | None = None,
+        backbone_lr_mult: float = 1.0,
         optimizer: str = "adamw",
         lr: float = 3e-3,
         momentum: float = 0.9,
@@ -94,6 +105,7 @@ class SequenceClassifier(TextTask):
         super().__init__()
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("schedule", schedule, SCHEDULES)
+        check_finetune_args(freeze, unfreeze_epoch, backbone_lr_mult)
         check_choice("tokenizer", tokenizer, tuple(TOKENIZE))
         check_choice("objective", objective, OBJECTIVES)
         if get_entry(arch).kind != "sequence":
@@ -106,10 +118,8 @@ class SequenceClassifier(TextTask):
         self.save_hyperparameters()
         self.net: nn.Module | None = None
         self.register_buffer("class_weights", None, persistent=False)
-        if pretrained and (vocab is None or classes is None):  # the weights bring their vocabulary and classes
-            entry = _pretrained.get_pretrained(pretrained)["model_kwargs"]
-            self.hparams.vocab = vocab if vocab is not None else entry["vocab"]
-            self.hparams.classes = classes if classes is not None else entry["classes"]
+        if pretrained:  # the weights bring their architecture, vocabulary and classes
+            self.take_weights_kwargs()
         if self._buildable():
             self._build()
 
@@ -134,7 +144,7 @@ class SequenceClassifier(TextTask):
         n = 1 if h.objective == "regress" else len(h.classes)
         self.net = get_entry(h.arch).builder(vocab_size=vocab_size, num_classes=n, **kwargs)
         if h.pretrained:
-            _pretrained.load_into(self.net, h.pretrained, arch=h.arch)
+            self.load_weights()
         self.stoi = {t: i for i, t in enumerate(h.vocab or [])}
         for stage in ("train", "val", "test"):
             if h.objective == "regress":
@@ -167,9 +177,11 @@ class SequenceClassifier(TextTask):
             )
             self._build()
         else:
-            self.check_vocab(itos)
-            if classes and classes != list(h.classes or []):
-                raise ValueError(f"the data's classes {classes[:5]} differ from the model's {(h.classes or [])[:5]}")
+            self.check_text_settings(dm)
+            if self.differs_from_data({"vocab": itos, "classes": classes or None}):
+                h.vocab = list(itos) if itos is not None else h.vocab
+                h.classes = classes or h.classes
+                self._build()
         if h.class_weighted and dm is not None and getattr(dm, "class_weights", None):
             self.class_weights = torch.tensor(dm.class_weights, dtype=torch.float32, device=self.device)
 
@@ -233,7 +245,8 @@ class SequenceClassifier(TextTask):
     # -- raw strings ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, texts: str | list[str], top_k: int = 3) -> list[list[tuple[str, float]]]:
-        """Top-``k`` ``(class, probability)`` for each raw string."""
+        """Top-``k`` ``(class, probability)`` for each raw string, most likely first (a single string gives a
+        list of one)."""
         if self.net is None or self.hparams.vocab is None or self.hparams.objective != "classify":
             raise RuntimeError(
                 "predict() reads raw strings into a classifier with a vocabulary: train it first, or "

@@ -12,9 +12,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from zoo import _pretrained
 from zoo._registry import get_entry
-from zoo.tasks._base import Task
+from zoo.tasks._base import Task, check_finetune_args
 from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, check_choice
 
 __all__ = ["Tagger", "SpanF1", "chunks"]
@@ -129,9 +128,32 @@ class Tagger(Task):
             (``output="perceptron"`` or ``"hinge"``, ``casing_dim``, ``char_dim``, ``char_hidden`` ...).
         word_vectors: a text file of pretrained word vectors (GloVe / word2vec text: ``word v1 v2 ...``) to
             initialise the embeddings of the words it holds; read from disk, never downloaded.
+        pretrained: published weights ``name.tag`` to start from; their vocabularies come with them (data with
+            others: known words, characters and tags keep their rows, the rest start fresh).
+        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning: a frozen backbone (linear probe), the epoch it
+            starts training, its learning rate relative to ``lr`` (see ``zoo.tasks._base.Task``).
     """
 
     monitor = ("val_score", "max")
+    head_prefixes = ("emissions.", "crf.")
+    remappable = ("words", "chars", "tags")
+    indexed_params = {
+        "words.weight": ("words", (0,)),
+        "chars.embedding.weight": ("chars", (0,)),
+        "emissions.weight": ("tags", (0,)),
+        "emissions.bias": ("tags", (0,)),
+        "crf.transitions": ("tags", (0, 1)),
+        "crf.start": ("tags", (0,)),
+        "crf.end": ("tags", (0,)),
+        "crf.allowed": ("tags", ()),  # the scheme's constraints: rebuilt from the tags
+        "crf.allowed_start": ("tags", ()),
+        "crf.allowed_end": ("tags", ()),
+    }
+
+    @staticmethod
+    def vocabularies(h) -> dict[str, list | None]:
+        return {k: h.get(k) for k in ("words", "chars", "tags")}
+
     weights_kwargs = (
         "words",
         "chars",
@@ -161,6 +183,9 @@ class Tagger(Task):
         dropout: float = 0.5,
         net_kwargs: dict | None = None,
         pretrained: str | None = None,
+        freeze: str | None = None,
+        unfreeze_epoch: int | None = None,
+        backbone_lr_mult: float = 1.0,
         word_vectors: str | None = None,
         optimizer: str = "adamw",
         lr: float = 2e-3,
@@ -173,16 +198,15 @@ class Tagger(Task):
         super().__init__()
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("schedule", schedule, SCHEDULES)
+        check_finetune_args(freeze, unfreeze_epoch, backbone_lr_mult)
         if get_entry(arch).kind != "tagging":
             raise ValueError(f"{arch!r} is not a tagger; use one of bilstm_crf, bigru_crf, bilstm_softmax")
         if lr <= 0 or (grad_clip is not None and grad_clip <= 0):
             raise ValueError(f"need lr > 0 and grad_clip > 0 or None; got {lr}, {grad_clip}")
         self.save_hyperparameters()
         self.net: nn.Module | None = None
-        if pretrained and words is None:
-            entry = _pretrained.get_pretrained(pretrained)["model_kwargs"]
-            for k in ("words", "chars", "tags", "tag_scheme", "lowercase_words"):
-                self.hparams[k] = entry.get(k, self.hparams[k])
+        if pretrained:  # the weights bring their architecture and vocabularies
+            self.take_weights_kwargs()
         if self.hparams.words is not None:
             self._build()
 
@@ -202,7 +226,7 @@ class Tagger(Task):
             num_words=len(h.words), num_chars=len(h.chars), num_tags=len(h.tags), **kwargs
         )
         if h.pretrained:
-            _pretrained.load_into(self.net, h.pretrained, arch=h.arch)
+            self.load_weights()
         elif h.word_vectors:
             self._load_vectors(h.word_vectors)
         self.register_buffer("char_classes", char_classes(list(h.chars)), persistent=False)
@@ -250,13 +274,18 @@ class Tagger(Task):
             h.tag_scheme = dm_h.get("scheme") if is_chunk_tagset(h.tags) else None
             h.lowercase_words = dm_h.get("lowercase", h.lowercase_words)
             self._build()
-        else:
-            for k, theirs in vocab.items():
-                if theirs is not None and list(theirs) != list(self.hparams[k]):
-                    raise ValueError(
-                        f"the data's {k} ({len(theirs)}) differ from the model's ({len(self.hparams[k])}): ids would "
-                        "mean other entries. Use the data (and its settings) the model was trained on."
-                    )
+        elif self.differs_from_data(vocab):
+            theirs = getattr(dm, "hparams", {}).get("lowercase")
+            if theirs is not None and theirs != self.hparams.lowercase_words:
+                raise ValueError(
+                    f"the data is read with lowercase={theirs} but the model with {self.hparams.lowercase_words}: "
+                    f"pass --data.lowercase {self.hparams.lowercase_words} so that its words map onto the model's"
+                )
+            for k, entries in vocab.items():
+                self.hparams[k] = list(entries) if entries is not None else self.hparams[k]
+            if is_chunk_tagset(self.hparams.tags):
+                self.hparams.tag_scheme = getattr(dm, "hparams", {}).get("scheme", self.hparams.tag_scheme)
+            self._build()
 
     # -- steps ------------------------------------------------------------------------------------------------
     def forward(self, words, chars, lengths) -> torch.Tensor:
@@ -327,3 +356,8 @@ class Tagger(Task):
             spans = [(" ".join(toks[a:b]), kind, a, b) for kind, a, b in chunks(tags)] if self.chunked else []
             out.append({"tokens": toks, "tags": tags, "spans": spans})
         return out[0] if single else out
+
+    def predict(self, sentences: str | list[str] | list[list[str]]) -> list[dict]:
+        """``tag`` that always returns a list: one ``{"tokens", "tags", "spans"}`` per sentence (a single string
+        gives a list of one)."""
+        return [self.tag(sentences)] if isinstance(sentences, str) else self.tag(sentences)

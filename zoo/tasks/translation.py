@@ -11,10 +11,9 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.text import SacreBLEUScore
 
-from zoo import _pretrained
 from zoo._registry import get_entry
 from zoo.nets.seq2seq import Hypothesis
-from zoo.tasks._base import Task
+from zoo.tasks._base import Task, check_finetune_args
 from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, check_choice
 
 __all__ = ["Seq2Seq", "TextCodec", "detokenize"]
@@ -79,6 +78,10 @@ class Seq2Seq(Task):
         src_spec, tgt_spec: each side's tokeniser and vocabulary, filled from the DataModule at the first fit.
         embed_dim, hidden_size, num_layers, bidirectional, dropout: the net; ``net_kwargs`` for the rest
             (``attention``, ``input_feeding``, ``tie_embeddings``, ``cell`` ...).
+        pretrained: published weights ``name.tag`` to start from; their tokenisers and vocabularies come with
+            them (data with other vocabularies: known tokens keep their vectors, the rest start fresh).
+        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning: a frozen backbone (linear probe), the epoch it
+            starts training, its learning rate relative to ``lr`` (see ``zoo.tasks._base.Task``).
         teacher_forcing: the share of steps fed the reference token in training (1.0: always).
         label_smoothing: of the training loss (Szegedy et al. 2016).
         beam, alpha, max_len_a, max_len_b: test-time beam search and its length limit ``a * |src| + b``.
@@ -86,6 +89,19 @@ class Seq2Seq(Task):
     """
 
     monitor = ("val_bleu", "max")
+    head_prefixes = ("out.",)
+    remappable = ("src_spec", "tgt_spec")
+    indexed_params = {
+        "encoder.embedding.weight": ("src", (0,)),
+        "tgt_embedding.weight": ("tgt", (0,)),
+        "out.weight": ("tgt", (0,)),
+        "out.bias": ("tgt", (0,)),
+    }
+
+    @staticmethod
+    def vocabularies(h) -> dict[str, list | None]:
+        return {side: (h.get(f"{side}_spec") or {}).get("vocab") for side in ("src", "tgt")}
+
     weights_kwargs = (
         "src_spec",
         "tgt_spec",
@@ -109,6 +125,9 @@ class Seq2Seq(Task):
         dropout: float = 0.3,
         net_kwargs: dict | None = None,
         pretrained: str | None = None,
+        freeze: str | None = None,
+        unfreeze_epoch: int | None = None,
+        backbone_lr_mult: float = 1.0,
         optimizer: str = "adamw",
         lr: float = 1e-3,
         momentum: float = 0.9,
@@ -127,6 +146,7 @@ class Seq2Seq(Task):
         super().__init__()
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("schedule", schedule, SCHEDULES)
+        check_finetune_args(freeze, unfreeze_epoch, backbone_lr_mult)
         if get_entry(arch).kind != "seq2seq":
             raise ValueError(f"{arch!r} is not a seq2seq model; use one of seq2seq_gru_attn, seq2seq_lstm_attn, ...")
         if lr <= 0 or not 0 <= teacher_forcing <= 1 or not 0 <= label_smoothing < 1 or beam < 1 or alpha < 0:
@@ -139,9 +159,8 @@ class Seq2Seq(Task):
         self.save_hyperparameters()
         self.net: nn.Module | None = None
         self._samples: list | None = None  # validation translations for a logger that takes text
-        if pretrained and (src_spec is None or tgt_spec is None):
-            entry = _pretrained.get_pretrained(pretrained)["model_kwargs"]
-            self.hparams.src_spec, self.hparams.tgt_spec = entry["src_spec"], entry["tgt_spec"]
+        if pretrained:  # the weights bring their architecture, tokenisers and vocabularies
+            self.take_weights_kwargs()
         if self.hparams.src_spec is not None and self.hparams.tgt_spec is not None:
             self._build()
 
@@ -166,7 +185,7 @@ class Seq2Seq(Task):
             src_vocab_size=len(h.src_spec["vocab"]), tgt_vocab_size=len(h.tgt_spec["vocab"]), **kwargs
         )
         if h.pretrained:
-            _pretrained.load_into(self.net, h.pretrained, arch=h.arch)
+            self.load_weights()
         self.val_nll, self.test_nll = MeanMetric(), MeanMetric()
         self.val_bleu = SacreBLEUScore(tokenize="13a")
         self.test_bleu, self.test_bleu_greedy = SacreBLEUScore(tokenize="13a"), SacreBLEUScore(tokenize="13a")
@@ -182,11 +201,9 @@ class Seq2Seq(Task):
                 )
             self.hparams.src_spec, self.hparams.tgt_spec = specs
             self._build()
-        elif None not in specs and [s["vocab"] for s in specs] != [self.src_codec.itos, self.tgt_codec.itos]:
-            raise ValueError(
-                "the data's vocabularies differ from the model's: token ids would mean other tokens. Use the data "
-                "(and tokenizer settings) the model was trained on."
-            )
+        elif None not in specs and self.differs_from_data({"src": specs[0]["vocab"], "tgt": specs[1]["vocab"]}):
+            self.hparams.src_spec, self.hparams.tgt_spec = specs  # the data's tokenisers, known tokens mapped
+            self._build()
 
     # -- steps ------------------------------------------------------------------------------------------------
     def forward(self, src, src_lengths, tgt_in, teacher_forcing: float = 1.0):
@@ -287,6 +304,11 @@ class Seq2Seq(Task):
         out = [[self._render(s, hyp, nbest, return_attention) for hyp in hs] for s, hs in zip(sentences, hyps)]
         out = [o if nbest > 1 else o[0] for o in out]
         return out[0] if single else out
+
+    def predict(self, sources: str | list[str], beam: int = 5, alpha: float | None = None) -> list[str]:
+        """``translate`` that always returns a list: one translation per source sentence (a single string gives a
+        list of one); ``beam`` 1 is greedy."""
+        return self.translate([sources] if isinstance(sources, str) else list(sources), beam=beam, alpha=alpha)
 
     def _render(self, sentence: str, hyp: Hypothesis, nbest: int, attention: bool):
         text = self.tgt_codec.decode(hyp.tokens)
