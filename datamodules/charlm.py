@@ -79,6 +79,11 @@ class CharLMDataModule(SplitLoaders):
     batch_size, seq_len: streams per batch and tokens per window (one optimiser step per ``bptt`` of them).
     """
 
+    licence = (  # of the default dataset; shown by `zoo info`
+        "Tiny Shakespeare (karpathy/char-rnn, MIT repository): Shakespeare's text is in the public domain; "
+        "your own text file: its own terms"
+    )
+
     def __init__(
         self,
         path: str | None = None,

@@ -164,6 +164,11 @@ class CIFAR10DataModule(SplitDataModule):
         num_images: expected (train, test) counts; change only for a subset in the same format.
     """
 
+    licence = (  # of the default dataset; shown by `zoo info`
+        "no licence stated by its authors (cs.toronto.edu/~kriz/cifar.html), who ask that you cite "
+        'Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009'
+    )
+
     def __init__(
         self,
         data_dir: str | None = None,

@@ -227,6 +227,12 @@ class CoNLLDataModule(TaggingDataModule):
     lowercase, min_freq: the word vocabulary (lowercased words seen ``min_freq`` times; the rest ``<unk>``).
     """
 
+    licence = (  # of the default dataset; shown by `zoo info`
+        "CoNLL-2003: annotations by Tjong Kim Sang & De Meulder 2003 over Reuters RCV1 text, which "
+        "NIST/Reuters distribute under a research-use agreement: redistribution rights are unclear. Your own "
+        "files: their own terms"
+    )
+
     default_folder = "conll2003"
 
     def __init__(
@@ -278,6 +284,10 @@ class CoNLLDataModule(TaggingDataModule):
 class CoNLLUDataModule(TaggingDataModule):
     """Universal Dependencies: ``*-ud-train/dev/test.conllu`` in ``path`` (default ``<data_dir>/ud_en_ewt``), with
     ``target`` ``upos`` or ``xpos`` tags. Other arguments as :class:`CoNLLDataModule`."""
+
+    licence = (  # of the default dataset; shown by `zoo info`
+        "Universal Dependencies English-EWT: CC BY-SA 4.0. Your own files: their own terms"
+    )
 
     default_folder = "ud_en_ewt"
 

@@ -27,6 +27,10 @@ class NamesDataModule(TextClassificationDataModule):
     """Args: ``data_dir`` holding ``names/`` (or the ``names`` folder itself); the rest as
     :class:`~datamodules.text_classification.TextClassificationDataModule` (character tokens)."""
 
+    licence = (  # of the default dataset; shown by `zoo info`
+        "no separate data licence: published with the PyTorch tutorials (a BSD-3-Clause repository)"
+    )
+
     default_tokenizer = "char"
 
     def __init__(

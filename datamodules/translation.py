@@ -112,6 +112,11 @@ class TranslationDataModule(SplitLoaders):
     val_fraction, test_fraction, split_seed: the split of a corpus that has none.
     """
 
+    licence = (  # of the default dataset; shown by `zoo info`
+        "Multi30k: no licence file; its README allows non-commercial research and educational use only "
+        "(images: Flickr Terms of Use); cite Elliott et al. 2016. Your own files: their own terms"
+    )
+
     def __init__(
         self,
         path: str | None = None,

@@ -192,7 +192,7 @@ def _load(name: str):
     """Published weights ``model.tag`` (or a model with one set), or a train.py ``.ckpt``."""
     if name.endswith(".ckpt") or "/" in name:
         return zoo.load_checkpoint(name)
-    if name in read_manifest():
+    if "." in name:  # model.tag: an unknown tag is answered with the available ones
         return zoo.load_pretrained(name)
     return zoo.create_model(name, pretrained=True).eval()
 
@@ -228,6 +228,8 @@ def _render(result) -> str:
 def _evaluate(args: argparse.Namespace) -> int:
     name = args.name if args.name in read_manifest() else zoo._weights(args.name, True)[0]
     entry = zoo._pretrained.get_pretrained(name)
+    if not entry.get("data"):
+        raise PretrainedError(f"the manifest entry of {name} does not say which data measured it: cannot evaluate")
     model = zoo.load_pretrained(name)
     dm = build_datamodule(entry["data"], args.data_dir)
     measured = evaluate(model, dm, "test")

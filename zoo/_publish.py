@@ -150,7 +150,7 @@ def publish(
         "model": arch,
         "model_kwargs": model_kwargs,
         **side_file,
-        "params": sum(v.numel() for k, v in state.items() if "running_" not in k and "num_batches" not in k),
+        "params": sum(p.numel() for p in model.net.parameters()),
         "dtype": dtype,
         "dtype_check": storage,
         "classes": list(getattr(dm, "classes", [])),

@@ -1,0 +1,128 @@
+"""The ``zoo`` console script: info (model cards from the manifest), predict, evaluate, verify."""
+
+import json
+import os
+import shutil
+
+import lightning as L
+import numpy as np
+import pytest
+from conftest import N_TEST, N_TRAIN
+from PIL import Image
+
+import zoo
+from datamodules.cifar10 import CIFAR10DataModule
+from zoo._cli import EVALUATE_TOLERANCE, main, model_card
+from zoo._pretrained import checkpoint_dir, read_manifest
+from zoo._publish import publish
+
+REPO_CHECKPOINTS = checkpoint_dir()
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.mark.parametrize("name", sorted(read_manifest()), ids=str)
+def test_model_card_comes_from_the_manifest(name):
+    entry, card = read_manifest()[name], model_card(name)
+    assert card["metrics"] == entry["metrics"] and card["sha256"] == entry["sha256"]
+    assert card["params"] == entry["params"]  # counted on the loaded net, equal to what publish recorded
+    assert card["recipe"] == entry["recipe"] and os.path.isfile(card["recipe"])
+    assert card["data_licence"] and "not stated" not in card["data_licence"]  # every dataset says its terms
+    if entry.get("preprocessing"):
+        assert card["mflops"] > 0
+
+
+def test_info_of_a_model_lists_its_weights(capsys):
+    code, out = run(capsys, "info", "bilstm_crf", "--json")
+    card = json.loads(out)
+    assert code == 0 and card["published_weights"] == ["bilstm_crf.conll2003", "bilstm_crf.ud_en_ewt_upos"]
+    code, out = run(capsys, "info", "resnet20.cifar10")
+    assert code == 0 and "91.37" not in out and "test_acc=0.9137" in out and "MFLOPs" in out
+    code, out = run(capsys, "info", "resnet21")
+    assert code == 2 and "resnet20" in out  # unknown name: close matches suggested
+
+
+def test_predict_text_models(capsys):
+    code, out = run(capsys, "predict", "gru_classifier.names", "Nakamura", "Ivanov", "--top-k", "2", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["input"] for r in rows] == ["Nakamura", "Ivanov"]
+    assert rows[0]["output"][0][0] == "Japanese" and rows[1]["output"][0][0] == "Russian"
+    assert len(rows[0]["output"]) == 2
+    code, out = run(capsys, "predict", "bilstm_crf.conll2003", "EU rejects German call to boycott British lamb .")
+    assert code == 0 and "EU [ORG]" in out and "German [MISC]" in out
+    code, out = run(capsys, "predict", "seq2seq_gru_attn", "Ein Mann schläft .", "--beam", "1", "--json")
+    assert code == 0 and "man" in json.loads(out)[0]["output"].lower()
+
+
+def test_predict_images_and_bad_input(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
+    code, out = run(capsys, "predict", "resnet20.cifar10", str(path), "--top-k", "3", "--json")
+    (row,) = json.loads(out)
+    classes = read_manifest()["resnet20.cifar10"]["classes"]
+    probs = [p for _, p in row["output"]]
+    assert code == 0 and all(c in classes for c, _ in row["output"]) and probs == sorted(probs, reverse=True)
+    code, out = run(capsys, "predict", "resnet20.cifar10", str(tmp_path / "missing.png"))
+    assert code == 2 and "missing.png" in out
+    code, out = run(capsys, "predict", "resnet20.nope", str(path))
+    assert code == 2 and "resnet20.cifar10" in out  # unknown tag: the available ones listed
+
+
+@pytest.fixture
+def local_weights(tmp_path, monkeypatch):
+    """A copy of the repository's weights folder, as ZOO_CHECKPOINTS."""
+    folder = tmp_path / "ckpts"
+    shutil.copytree(REPO_CHECKPOINTS, folder)
+    monkeypatch.setenv("ZOO_CHECKPOINTS", str(folder))
+    return folder
+
+
+def test_verify_finds_a_corrupt_or_missing_file(capsys, local_weights):
+    code, out = run(capsys, "verify")
+    assert code == 0 and "every local weights file matches" in out
+    with open(local_weights / "lenet5.cifar10.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02")
+    (local_weights / "gru_classifier.names.safetensors").unlink()
+    code, out = run(capsys, "verify")
+    assert code == 1 and "MISMATCH" in out and "missing" in out and "2 problem(s)" in out
+
+
+def test_evaluate_reproduces_or_says_it_does_not(capsys, cifar_dir, monkeypatch, tmp_path):
+    """Published on the fixture, re-measured: reproduced; with the manifest's figure moved past the tolerance: not."""
+    L.seed_everything(0)
+    model = zoo.create_model("lenet5", lr=3e-3, optimizer="adamw", schedule="constant")
+    dm = CIFAR10DataModule(
+        data_dir=str(cifar_dir), num_images=(N_TRAIN, N_TEST), val_size=40, num_workers=0, batch_size=16
+    )
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))
+    publish(tmp_path / "m.ckpt", "fixture", "configs/lenet5.cifar10.yaml", data_dir=str(cifar_dir))
+    code, out = run(capsys, "evaluate", "lenet5.fixture", "--data-dir", str(cifar_dir))
+    assert code == 0 and "test_acc reproduced" in out
+    manifest_path = tmp_path / "ckpts" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["lenet5.fixture"]["metrics"]["test_acc"] += 2 * EVALUATE_TOLERANCE / 100
+    manifest_path.write_text(json.dumps(manifest))
+    code, out = run(capsys, "evaluate", "lenet5", "--data-dir", str(cifar_dir))  # the model's one set of weights
+    assert code == 1 and "NOT reproduced" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(read_manifest()), ids=str)
+def test_evaluate_reproduces_every_published_metric_on_the_real_data(name, capsys):
+    data = os.environ.get("ZOO_DATA_DIR", "")
+    folder = {"CIFAR10": "cifar10", "Names": "names", "CharLM": "tinyshakespeare", "Translation": "multi30k"}
+    folder |= {"CoNLL": "conll2003", "CoNLLU": "ud_en_ewt"}
+    cls = read_manifest()[name]["data"]["class_path"].rsplit(".", 1)[1].removesuffix("DataModule")
+    if not os.path.isdir(os.path.join(data, folder[cls])):
+        pytest.skip(f"the real data of {name} is not in ZOO_DATA_DIR={data!r}")
+    code, out = run(capsys, "evaluate", name)
+    assert code == 0, out
