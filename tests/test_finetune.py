@@ -164,3 +164,24 @@ def test_finetune_recipe_runs_from_the_weights(config, tmp_path, cifar_dir, text
     if "CoNLL" in str(yaml.safe_load((ROOT / config).read_text())["data"]):
         tags = tuned.hparams.tags
         assert "S-PROD" in tags and "S-ORG" in tags and "mapping them onto the weights" in res.stdout + res.stderr
+
+
+def test_a_bare_tag_names_the_models_weights():
+    """``--model.pretrained cifar10`` (train.py passes it to the task as is) means the model's own weights."""
+    from zoo.tasks.image import ImageClassifier
+
+    model = ImageClassifier(arch="resnet20", pretrained="cifar10")
+    assert model.hparams.pretrained == "resnet20.cifar10"
+    assert torch.equal(model.net.state_dict()["head.bias"], published_state("resnet20.cifar10")["head.bias"])
+    with pytest.raises(zoo.PretrainedError, match="available for resnet20: resnet20.cifar10"):
+        ImageClassifier(arch="resnet20", pretrained="imagenet")
+
+
+def test_a_frozen_backbone_under_ddp_is_refused(cifar_dir):
+    model = zoo.create_model("lenet5", freeze="backbone")
+    dm = CIFAR10DataModule(data_dir=str(cifar_dir), num_images=(N_TRAIN, N_TEST), val_size=40, num_workers=0)
+    trainer = L.Trainer(
+        strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=1, logger=False, enable_progress_bar=False
+    )
+    with pytest.raises(Exception, match="not supported with 2 processes"):
+        trainer.fit(model, dm)

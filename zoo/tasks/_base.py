@@ -20,7 +20,7 @@ FREEZE = ("backbone",)
 
 
 def check_finetune_args(freeze: str | None, unfreeze_epoch: int | None, backbone_lr_mult: float) -> None:
-    """The fine-tuning hyperparameters every task takes (see ``Task.finetune_doc``)."""
+    """The fine-tuning hyperparameters every task takes (see ``Task``)."""
     if freeze is not None and freeze not in FREEZE:
         raise ValueError(f"freeze must be one of {', '.join(FREEZE)} or None; got {freeze!r}")
     if unfreeze_epoch is not None and (freeze is None or unfreeze_epoch < 1):
@@ -59,6 +59,8 @@ class Task(L.LightningModule):
         weights load into nothing else), except the ``remappable`` ones (vocabularies, classes), taken only when
         not given. Values replaced are logged."""
         h = self.hparams
+        if "." not in h.pretrained:  # a bare tag: --model.pretrained cifar10 means <arch>.cifar10
+            self.adopt(pretrained=f"{h.arch}.{h.pretrained}")
         entry = _pretrained.get_pretrained(h.pretrained)["model_kwargs"]
         take = {
             k: entry[k]
@@ -124,6 +126,15 @@ class Task(L.LightningModule):
         rank_zero_info(
             f"backbone ({n:,} parameters) {'frozen' if frozen else 'unfrozen'} at epoch {self.current_epoch}"
         )
+
+    def on_fit_start(self) -> None:
+        if self.hparams.get("freeze") and self.trainer.world_size > 1:
+            # DDP expects a gradient for every parameter it wrapped; one frozen afterwards would stall its reduction
+            # (or, with find_unused_parameters, get zero gradients that weight decay and momentum still act on)
+            raise ValueError(
+                f"--model.freeze is not supported with {self.trainer.world_size} processes yet: fine-tune the head on "
+                "one device, or train everything with a smaller backbone learning rate (--model.backbone_lr_mult 0.1)"
+            )
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """Freeze or unfreeze the backbone when the epoch asks for another state (checked per batch, so a run

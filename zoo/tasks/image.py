@@ -53,6 +53,7 @@ class ImageClassifier(Task):
 
     monitor = ("val_acc", "max")  # what ModelCheckpoint selects on in train.py
     weights_kwargs = ("num_classes", "in_chans", "net_kwargs")  # what rebuilds the net of published weights
+    remappable = ("num_classes",)  # another number of classes resets the classifier
 
     def __init__(
         self,
@@ -90,14 +91,16 @@ class ImageClassifier(Task):
         if preprocessing:
             _check_preprocessing(preprocessing, in_chans)
         self.save_hyperparameters()
-        if pretrained and (classes is None or not preprocessing):  # the weights bring their class names and inputs
-            entry = _pretrained.get_pretrained(pretrained)
+        h = self.hparams
+        if pretrained:  # the weights bring their architecture, class names and preprocessing
+            self.take_weights_kwargs()
+            entry = _pretrained.get_pretrained(h.pretrained)
             names, prep = entry.get("classes") or [], entry.get("preprocessing") or {}
             if classes is None and len(names) == num_classes:  # else the classifier is reset: other classes
                 self.adopt(classes=list(names))
-            if not preprocessing and prep.get("input_size", [None])[0] == in_chans:
+            if not preprocessing and prep.get("input_size", [None])[0] == h.in_chans:
                 self.adopt(preprocessing=dict(prep))
-        self.net = get_entry(arch).builder(num_classes=num_classes, in_chans=in_chans, **(net_kwargs or {}))
+        self.net = get_entry(arch).builder(num_classes=num_classes, in_chans=h.in_chans, **(h.net_kwargs or {}))
         if pretrained:
             self.load_weights()
         if channels_last:
