@@ -117,3 +117,13 @@ def test_ddp_spawn_two_cpu_processes(cifar_dir):
     assert trainer.world_size == 2
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "the weights trained in the spawned processes come back to the main process"
+
+
+@pytest.mark.parametrize("name", ["lenet5", "gru_classifier", "lstm_lm", "bilstm_crf", "seq2seq_gru_attn"])
+def test_every_task_checks_the_shared_training_values(name):
+    with pytest.raises(ValueError, match="lr must be > 0, got 0"):
+        zoo.create_model(name, lr=0)
+    with pytest.raises(ValueError, match="weight_decay must be >= 0.*backbone_lr_mult must be >= 0"):
+        zoo.create_model(name, weight_decay=-1, backbone_lr_mult=-1)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        zoo.create_model(name, schedule="step")

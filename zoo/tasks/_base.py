@@ -12,24 +12,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from zoo import _pretrained
-from zoo.tasks._optim import build_optimizer, build_schedule
+from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule, check_choice
 
-__all__ = ["Task", "check_finetune_args"]
+__all__ = ["Task"]
 
 FREEZE = ("backbone",)
-
-
-def check_finetune_args(freeze: str | None, unfreeze_epoch: int | None, backbone_lr_mult: float) -> None:
-    """The fine-tuning hyperparameters every task takes (see ``Task``)."""
-    if freeze is not None and freeze not in FREEZE:
-        raise ValueError(f"freeze must be one of {', '.join(FREEZE)} or None; got {freeze!r}")
-    if unfreeze_epoch is not None and (freeze is None or unfreeze_epoch < 1):
-        raise ValueError(
-            f"unfreeze_epoch={unfreeze_epoch} needs --model.freeze backbone and a value >= 1 (the epoch at which "
-            "the backbone starts training)"
-        )
-    if backbone_lr_mult < 0:
-        raise ValueError(f"backbone_lr_mult must be >= 0 (0 keeps the backbone fixed); got {backbone_lr_mult}")
 
 
 class Task(L.LightningModule):
@@ -151,6 +138,31 @@ class Task(L.LightningModule):
                 if isinstance(m, _BatchNorm) and not self.is_head(name + "."):
                     m.eval()
         return self
+
+    def check_training_args(self) -> None:
+        """Refuse bad values of the optimisation and fine-tuning hyperparameters that every task shares (each task
+        checks its own besides): called once they are saved."""
+        h = self.hparams
+        check_choice("optimizer", h.optimizer, OPTIMIZERS)
+        check_choice("schedule", h.schedule, SCHEDULES)
+        rules = {
+            "lr": (h.lr > 0, "> 0"),
+            "weight_decay": (h.weight_decay >= 0, ">= 0"),
+            "warmup_epochs": (h.warmup_epochs >= 0, ">= 0"),
+            "label_smoothing": (0 <= h.get("label_smoothing", 0.0) < 1, "in [0, 1)"),
+            "grad_clip": (h.get("grad_clip") is None or h.grad_clip > 0, "> 0 or None (no clipping)"),
+            "backbone_lr_mult": (h.backbone_lr_mult >= 0, ">= 0 (0 keeps the backbone fixed)"),
+        }
+        bad = [f"{k} must be {rule}, got {h[k]!r}" for k, (ok, rule) in rules.items() if not ok]
+        if bad:
+            raise ValueError("; ".join(bad))
+        if h.freeze is not None and h.freeze not in FREEZE:
+            raise ValueError(f"freeze must be one of {', '.join(FREEZE)} or None; got {h.freeze!r}")
+        if h.unfreeze_epoch is not None and (h.freeze is None or h.unfreeze_epoch < 1):
+            raise ValueError(
+                f"unfreeze_epoch={h.unfreeze_epoch} needs --model.freeze backbone and a value >= 1 (the epoch at "
+                "which the backbone starts training)"
+            )
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:

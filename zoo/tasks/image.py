@@ -17,8 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from zoo import _pretrained
 from zoo._registry import get_entry
-from zoo.tasks._base import Task, check_finetune_args
-from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, check_choice
+from zoo.tasks._base import Task
 
 __all__ = ["ImageClassifier"]
 
@@ -77,20 +76,14 @@ class ImageClassifier(Task):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        check_choice("optimizer", optimizer, OPTIMIZERS)
-        check_choice("schedule", schedule, SCHEDULES)
-        check_finetune_args(freeze, unfreeze_epoch, backbone_lr_mult)
-        if lr <= 0 or weight_decay < 0 or warmup_epochs < 0 or not 0 <= label_smoothing < 1 or num_classes < 1:
-            raise ValueError(
-                "need lr > 0, weight_decay >= 0, warmup_epochs >= 0, 0 <= label_smoothing < 1, num_classes >= 1; "
-                f"got lr={lr}, weight_decay={weight_decay}, warmup_epochs={warmup_epochs}, "
-                f"label_smoothing={label_smoothing}, num_classes={num_classes}"
-            )
+        self.save_hyperparameters()
+        self.check_training_args()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1; got {num_classes}")
         if classes is not None and len(classes) != num_classes:
             raise ValueError(f"{len(classes)} class names for num_classes={num_classes}")
         if preprocessing:
             _check_preprocessing(preprocessing, in_chans)
-        self.save_hyperparameters()
         h = self.hparams
         if pretrained:  # the weights bring their architecture, class names and preprocessing
             self.take_weights_kwargs()

@@ -12,8 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
 from zoo._registry import get_entry
-from zoo.tasks._base import check_finetune_args
-from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, check_choice
+from zoo.tasks._optim import check_choice
 from zoo.tasks._text import TOKENIZE, TextTask
 
 __all__ = ["LanguageModel"]
@@ -88,17 +87,15 @@ class LanguageModel(TextTask):
         reset_prob: float = 0.02,
     ) -> None:
         super().__init__()
-        check_choice("optimizer", optimizer, OPTIMIZERS)
-        check_choice("schedule", schedule, SCHEDULES)
-        check_finetune_args(freeze, unfreeze_epoch, backbone_lr_mult)
+        self.save_hyperparameters()
+        self.check_training_args()
         check_choice("tokenizer", tokenizer, tuple(TOKENIZE))
         if get_entry(arch).kind != "language_model":
             raise ValueError(f"{arch!r} is not a language model; use one of rnn_lm, lstm_lm, gru_lm")
-        if lr <= 0 or (bptt is not None and bptt < 1) or (grad_clip is not None and grad_clip <= 0):
-            raise ValueError(f"need lr > 0, bptt >= 1, grad_clip > 0 or None; got {lr}, {bptt}, {grad_clip}")
+        if bptt is not None and bptt < 1:
+            raise ValueError(f"bptt must be >= 1 token; got {bptt}")
         if not 0 <= reset_prob <= 1:
             raise ValueError(f"reset_prob is a probability in [0, 1]; got {reset_prob}")
-        self.save_hyperparameters()
         self.automatic_optimization = False  # truncated BPTT: several optimiser steps per batch
         self.net: nn.Module | None = None
         self._state = {"train": None, "val": None, "test": None}

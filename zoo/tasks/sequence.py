@@ -10,8 +10,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from zoo._registry import get_entry
-from zoo.tasks._base import check_finetune_args
-from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, check_choice
+from zoo.tasks._optim import check_choice
 from zoo.tasks._text import TOKENIZE, TextTask
 
 __all__ = ["SequenceClassifier"]
@@ -103,19 +102,12 @@ class SequenceClassifier(TextTask):
         grad_clip: float | None = 1.0,
     ) -> None:
         super().__init__()
-        check_choice("optimizer", optimizer, OPTIMIZERS)
-        check_choice("schedule", schedule, SCHEDULES)
-        check_finetune_args(freeze, unfreeze_epoch, backbone_lr_mult)
+        self.save_hyperparameters()
+        self.check_training_args()
         check_choice("tokenizer", tokenizer, tuple(TOKENIZE))
         check_choice("objective", objective, OBJECTIVES)
         if get_entry(arch).kind != "sequence":
             raise ValueError(f"{arch!r} is not a sequence classifier; use one of rnn/lstm/gru_classifier")
-        if lr <= 0 or weight_decay < 0 or not 0 <= label_smoothing < 1 or (grad_clip is not None and grad_clip <= 0):
-            raise ValueError(
-                f"need lr > 0, weight_decay >= 0, 0 <= label_smoothing < 1, grad_clip > 0 or None; got lr={lr}, "
-                f"weight_decay={weight_decay}, label_smoothing={label_smoothing}, grad_clip={grad_clip}"
-            )
-        self.save_hyperparameters()
         self.net: nn.Module | None = None
         self.register_buffer("class_weights", None, persistent=False)
         if pretrained:  # the weights bring their architecture, vocabulary and classes

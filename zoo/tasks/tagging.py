@@ -13,8 +13,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo._registry import get_entry
-from zoo.tasks._base import Task, check_finetune_args
-from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, check_choice
+from zoo.tasks._base import Task
 
 __all__ = ["Tagger", "SpanF1", "chunks"]
 
@@ -196,14 +195,10 @@ class Tagger(Task):
         grad_clip: float | None = 5.0,
     ) -> None:
         super().__init__()
-        check_choice("optimizer", optimizer, OPTIMIZERS)
-        check_choice("schedule", schedule, SCHEDULES)
-        check_finetune_args(freeze, unfreeze_epoch, backbone_lr_mult)
+        self.save_hyperparameters()
+        self.check_training_args()
         if get_entry(arch).kind != "tagging":
             raise ValueError(f"{arch!r} is not a tagger; use one of bilstm_crf, bigru_crf, bilstm_softmax")
-        if lr <= 0 or (grad_clip is not None and grad_clip <= 0):
-            raise ValueError(f"need lr > 0 and grad_clip > 0 or None; got {lr}, {grad_clip}")
-        self.save_hyperparameters()
         self.net: nn.Module | None = None
         if pretrained:  # the weights bring their architecture and vocabularies
             self.take_weights_kwargs()

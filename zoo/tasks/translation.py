@@ -13,8 +13,7 @@ from torchmetrics.text import SacreBLEUScore
 
 from zoo._registry import get_entry
 from zoo.nets.seq2seq import Hypothesis
-from zoo.tasks._base import Task, check_finetune_args
-from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, check_choice
+from zoo.tasks._base import Task
 
 __all__ = ["Seq2Seq", "TextCodec", "detokenize"]
 
@@ -144,19 +143,14 @@ class Seq2Seq(Task):
         max_source_len: int = 256,
     ) -> None:
         super().__init__()
-        check_choice("optimizer", optimizer, OPTIMIZERS)
-        check_choice("schedule", schedule, SCHEDULES)
-        check_finetune_args(freeze, unfreeze_epoch, backbone_lr_mult)
+        self.save_hyperparameters()
+        self.check_training_args()
         if get_entry(arch).kind != "seq2seq":
             raise ValueError(f"{arch!r} is not a seq2seq model; use one of seq2seq_gru_attn, seq2seq_lstm_attn, ...")
-        if lr <= 0 or not 0 <= teacher_forcing <= 1 or not 0 <= label_smoothing < 1 or beam < 1 or alpha < 0:
+        if not 0 <= teacher_forcing <= 1 or beam < 1 or alpha < 0:
             raise ValueError(
-                f"need lr > 0, 0 <= teacher_forcing <= 1, 0 <= label_smoothing < 1, beam >= 1, alpha >= 0; got "
-                f"{lr}, {teacher_forcing}, {label_smoothing}, {beam}, {alpha}"
+                f"need 0 <= teacher_forcing <= 1, beam >= 1, alpha >= 0; got {teacher_forcing}, {beam}, {alpha}"
             )
-        if grad_clip is not None and grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0 or None; got {grad_clip}")
-        self.save_hyperparameters()
         self.net: nn.Module | None = None
         self._samples: list | None = None  # validation translations for a logger that takes text
         if pretrained:  # the weights bring their architecture, tokenisers and vocabularies
