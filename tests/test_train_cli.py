@@ -102,7 +102,7 @@ def test_registry_names_and_class_names(cifar_dir, tmp_path):
     [
         (["--model", "resnet21"], "unknown model 'resnet21'. Did you mean"),
         (["--model", "resnet20", "--model.optimizer", "sgdd"], "optimizer must be one of sgd, adamw"),
-        (["--model", "resnet20", "--model.lr", "-1"], "need lr > 0"),
+        (["--model", "resnet20", "--model.lr", "-1"], "lr must be > 0, got -1"),
         (["--model", "resnet20", "--data.hflip", "1.5"], "hflip is a probability"),
         (["--model", "resnet20", "--trainer.max_epochs", "two"], "max_epochs"),
         (["--model", "resnet20", "--ckpt_path", "nope.ckpt"], "no such file"),
