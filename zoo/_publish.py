@@ -187,9 +187,5 @@ def publish(
 
 
 def _preprocessing(dm: L.LightningDataModule) -> dict:
-    from torchvision.transforms import v2
-
-    for t in getattr(dm.eval_transform(), "transforms", []) if hasattr(dm, "eval_transform") else []:
-        if isinstance(t, v2.Normalize):
-            return {"input_size": [3, 32, 32], "scale": "uint8 / 255", "mean": list(t.mean), "std": list(t.std)}
-    return {}
+    """How the image DataModules read an image for evaluation (their ``preprocessing``); nothing for text data."""
+    return dict(getattr(dm, "preprocessing", None) or {})
