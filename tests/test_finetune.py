@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import zoo
 from datamodules.cifar10 import CIFAR10DataModule
-from zoo._pretrained import checkpoint_dir, get_pretrained
+from zoo._pretrained import checkpoint_dir, get_pretrained, read_manifest
 from zoo.tasks._optim import param_groups
 
 FINETUNE = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs" / "finetune").glob("*.yaml"))
@@ -185,3 +185,21 @@ def test_a_frozen_backbone_under_ddp_is_refused(cifar_dir):
     )
     with pytest.raises(Exception, match="not supported with 2 processes"):
         trainer.fit(model, dm)
+
+
+def test_image_classes_the_weights_know_keep_their_rows(tmp_path):
+    """resnet20.cifar10 fine-tuned on cat/dog/owl folders: the cat and dog rows of the classifier start as CIFAR's,
+    the owl row fresh."""
+    from datamodules.images import ImageFolderDataModule
+
+    model = zoo.create_model("resnet20", pretrained="cifar10", lr=1e-9, schedule="constant")
+    dm = ImageFolderDataModule(root=str(write_images(tmp_path / "imgs")), num_workers=0, batch_size=4)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer.fit(model, dm)
+    assert model.hparams.classes == ["cat", "dog", "owl"] and model.hparams.num_classes == 3
+    head, cifar = model.net.state_dict()["head.weight"], published_state("resnet20.cifar10")["head.weight"]
+    names = read_manifest()["resnet20.cifar10"]["classes"]
+    assert torch.allclose(head[0], cifar[names.index("cat")], atol=1e-6)
+    assert torch.allclose(head[1], cifar[names.index("dog")], atol=1e-6)
+    assert not any(torch.allclose(head[2], row, atol=1e-3) for row in cifar)
+    assert model.predict(torch.zeros(3, 32, 32), top_k=3)[0][0][0] in {"cat", "dog", "owl"}

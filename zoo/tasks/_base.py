@@ -69,7 +69,8 @@ class Task(L.LightningModule):
         weights' (fine-tuning on other data), entries both hold keep their learnt rows and the others start
         fresh; what was mapped is logged."""
         h = self.hparams
-        old = self.vocabularies(_pretrained.get_pretrained(h.pretrained)["model_kwargs"])
+        entry = _pretrained.get_pretrained(h.pretrained)
+        old = self.vocabularies({**entry, **entry["model_kwargs"]})  # images keep their class names in the entry
         new = self.vocabularies(h)
         remap = {
             key: (v, list(old[v]), list(new[v]), dims)

@@ -53,6 +53,11 @@ class ImageClassifier(Task):
     monitor = ("val_acc", "max")  # what ModelCheckpoint selects on in train.py
     weights_kwargs = ("num_classes", "in_chans", "net_kwargs")  # what rebuilds the net of published weights
     remappable = ("num_classes",)  # another number of classes resets the classifier
+    indexed_params = {"head.weight": ("classes", (0,)), "head.bias": ("classes", (0,))}
+
+    @staticmethod
+    def vocabularies(h) -> dict[str, list | None]:
+        return {"classes": h.get("classes")}
 
     def __init__(
         self,
@@ -93,12 +98,16 @@ class ImageClassifier(Task):
                 self.adopt(classes=list(names))
             if not preprocessing and prep.get("input_size", [None])[0] == h.in_chans:
                 self.adopt(preprocessing=dict(prep))
-        self.net = get_entry(arch).builder(num_classes=num_classes, in_chans=h.in_chans, **(h.net_kwargs or {}))
-        if pretrained:
+        self._build()
+
+    def _build(self) -> None:
+        h = self.hparams
+        self.net = get_entry(h.arch).builder(num_classes=h.num_classes, in_chans=h.in_chans, **(h.net_kwargs or {}))
+        if h.pretrained:
             self.load_weights()
-        if channels_last:
+        if h.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self._metrics(num_classes)
+        self._metrics(h.num_classes)
 
     def _metrics(self, num_classes: int) -> None:
         k5 = min(5, num_classes)
@@ -112,17 +121,13 @@ class ImageClassifier(Task):
         (The DataModule's ``setup`` has run; any DataModule with ``classes`` / ``hparams.channels`` is checked.)"""
         dm = getattr(self.trainer, "datamodule", None)
         classes = getattr(dm, "classes", None)
-        if classes and len(classes) != self.hparams.num_classes and stage == "fit" and self.hparams.pretrained:
-            # fine-tuning on other classes: a new classifier for them, the backbone kept
-            rank_zero_info(
-                f"{self.hparams.pretrained}: classifier reset for the data's {len(classes)} classes (the weights have "
-                f"{self.hparams.num_classes}); backbone loaded"
-            )
-            self.net.reset_classifier(len(classes))
-            if self.hparams.channels_last:
-                self.net = self.net.to(memory_format=torch.channels_last)
-            self.adopt(num_classes=len(classes))
-            self._metrics(len(classes))
+        names = [str(c) for c in classes or []]
+        if names and names != self.hparams.classes and stage == "fit" and self.hparams.pretrained:
+            # fine-tuning on other classes: a classifier for the data's, whose rows for classes the weights know
+            # (by name) are theirs; the backbone loaded
+            rank_zero_info(f"{self.hparams.pretrained}: a classifier for the data's {len(names)} classes")
+            self.adopt(classes=names, num_classes=len(names))
+            self._build()
         if classes and len(classes) != self.hparams.num_classes:
             shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
             raise ValueError(
