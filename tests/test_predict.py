@@ -72,6 +72,8 @@ CASES = {
     "seq2seq_gru_attn.multi30k_de_en": ("Ein Mann schläft .", {"beam": 5}, _translation),
     "resnet20.cifar10": ([_PIXELS, Image.new("RGB", (40, 30), (200, 30, 30))], {"top_k": 20}, _image),
     "lenet5.cifar10": ([_PIXELS, Image.new("RGB", (40, 30), (200, 30, 30))], {"top_k": 20}, _image),
+    "resnet56.cifar10": ([_PIXELS, Image.new("RGB", (40, 30), (200, 30, 30))], {"top_k": 20}, _image),
+    "vgg11_bn.cifar10": ([_PIXELS, Image.new("RGB", (40, 30), (200, 30, 30))], {"top_k": 20}, _image),
 }
 
 
