@@ -15,9 +15,11 @@ from safetensors.torch import save_file
 
 import zoo
 from zoo._pretrained import checkpoint_dir, read_manifest, sha256_of
+from zoo._registry import UnknownModelError
 
 __all__ = [
     "publish",
+    "model_from_checkpoint",
     "headline_metric",
     "read_checkpoint",
     "CheckpointError",
@@ -46,6 +48,39 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt.get("hyper_parameters", {}):
         raise CheckpointError(f"{path} is not a lightning-zoo training checkpoint (no state_dict / model arch)")
     return ckpt
+
+
+# Hyperparameters that only initialise weights which the checkpoint's state_dict then replaces: rebuilding with them
+# would need the published weights file or the word-vector file on this machine, for nothing.
+INIT_ONLY = ("pretrained", "word_vectors")
+
+
+def model_from_checkpoint(ckpt: dict, path: str | Path) -> L.LightningModule:
+    """The task of a checkpoint read by :func:`read_checkpoint` (``path`` names it in errors): its class from
+    ``arch``, rebuilt from its hyperparameters, its ``state_dict`` loaded strictly."""
+    hp = ckpt["hyper_parameters"]
+    try:
+        cls = zoo.task_class(hp["arch"])
+    except UnknownModelError as e:
+        raise CheckpointError(f"{path} holds model {hp['arch']!r}, which is not registered here: {e}") from e
+    accepted = inspect.signature(cls).parameters
+    kwargs = {k: v for k, v in hp.items() if not k.startswith("_")}  # LightningCLI's _class_path, _instantiator
+    model = cls(**{**kwargs, **{k: None for k in INIT_ONLY if k in accepted}})
+    state, own = ckpt["state_dict"], model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"the state_dict of {path} does not fit {cls.__name__}({hp['arch']!r}) rebuilt from its hyperparameters: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape (checkpoint vs model) {shapes[:5]}"
+        )
+    model.load_state_dict(state)
+    return model
 
 
 def data_spec(ckpt: dict) -> dict:
@@ -107,11 +142,8 @@ def publish(
     ckpt = read_checkpoint(ckpt_path)
     hp = ckpt["hyper_parameters"]
     arch = hp["arch"]
-    cls = zoo.task_class(arch)
-    kwargs = {k: v for k, v in hp.items() if not k.startswith("_") and k != "pretrained"}
-    model = cls(**kwargs)
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    model = model_from_checkpoint(ckpt, ckpt_path).eval()
+    cls = type(model)
     dm = build_datamodule(data_spec(ckpt), data_dir)
     t0 = time.time()
     val = evaluate(model, dm, "validate")
