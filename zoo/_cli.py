@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 import zoo
-from zoo._pretrained import PretrainedError, cache_dir, checkpoint_dir, read_manifest, sha256_of
+from zoo._pretrained import PretrainedError, local_places, read_manifest, sha256_of
 from zoo._publish import FP16_TOLERANCE, CheckpointError, build_datamodule, evaluate, headline_metric, publish
 
 __all__ = ["main", "model_table", "weights_table", "render_readme", "model_card"]
@@ -21,17 +21,12 @@ EVALUATE_TOLERANCE = 0.1  # points (see headline_metric) within which `zoo evalu
 
 def model_table() -> str:
     """The README's model table, in Markdown, from the registry and the manifest (tested to be current)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     manifest = read_manifest()
     rows = ["| model | params | MFLOPs (32x32) | published weights | test top-1 |", "|---|---:|---:|---|---:|"]
     for name in zoo.list_models(task="image"):
         net = zoo.create_model(name).net.eval()
         params = sum(p.numel() for p in net.parameters())
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            net(torch.zeros(1, 3, 32, 32))
-        mflops = counter.get_total_flops() / 2e6  # multiply-adds, the papers' convention
+        mflops = _count_flops(net, [3, 32, 32]) / 1e6
         weights = [(k, v) for k, v in manifest.items() if v["model"] == name]
         tags = ", ".join(f"`{k}`" for k, _ in weights) or "-"
         acc = ", ".join(f"{100 * v['metrics']['test_acc']:.2f}%" for _, v in weights) or "-"
@@ -255,7 +250,7 @@ def _verify(args: argparse.Namespace) -> int:
     for name, entry in read_manifest().items():
         specs = [entry] + ([entry["model_kwargs_file"]] if entry.get("model_kwargs_file") else [])
         for spec in specs:
-            found = [d / spec["file"] for d in (checkpoint_dir(), cache_dir()) if (d / spec["file"]).is_file()]
+            found = [path for path in local_places(spec["file"]) if path.is_file()]
             if not found:
                 status = "missing" + (" (downloaded on first use)" if spec.get("url") else "")
                 bad += not spec.get("url")

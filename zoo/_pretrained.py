@@ -98,9 +98,14 @@ def weights_path(name: str, entry: dict) -> Path:
     return _resolve(name, entry)
 
 
+def local_places(file: str) -> list[Path]:
+    """Where a weights file is looked for on this machine, in order: the checkpoints folder, then the cache."""
+    return [checkpoint_dir() / file, cache_dir() / file]
+
+
 def _resolve(name: str, spec: dict) -> Path:
     """The verified local path of ``spec`` (``file``, ``sha256``, optional ``url``), downloaded if need be."""
-    places = [checkpoint_dir() / spec["file"], cache_dir() / spec["file"]]
+    places = local_places(spec["file"])
     for path in places:
         if path.is_file():  # a file that is there but wrong is refused, not skipped: it would hide the problem
             return _checked(path, spec["sha256"], fix="restore it (git checkout) or delete it to download it again")
