@@ -7,7 +7,7 @@ import shutil
 import lightning as L
 import numpy as np
 import pytest
-from conftest import N_TEST, N_TRAIN
+from conftest import N_TEST, N_TRAIN, quiet_trainer
 from PIL import Image
 
 import zoo
@@ -100,7 +100,7 @@ def test_evaluate_reproduces_or_says_it_does_not(capsys, cifar_dir, monkeypatch,
     dm = CIFAR10DataModule(
         data_dir=str(cifar_dir), num_images=(N_TRAIN, N_TEST), val_size=40, num_workers=0, batch_size=16
     )
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = quiet_trainer(tmp_path)
     trainer.fit(model, dm)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))

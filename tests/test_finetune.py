@@ -8,7 +8,17 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import FIXTURE_ARGS, N_TEST, N_TRAIN, ROOT, pairs_tsv, run_train, tagged_files, write_images
+from conftest import (
+    FIXTURE_ARGS,
+    N_TEST,
+    N_TRAIN,
+    ROOT,
+    pairs_tsv,
+    quiet_trainer,
+    run_train,
+    tagged_files,
+    write_images,
+)
 from safetensors.torch import load_file
 
 import zoo
@@ -53,15 +63,7 @@ def test_frozen_backbone_then_unfrozen(cifar_dir, tmp_path):
     weights = published_state("resnet20.cifar10")
 
     def fit(epochs: int, ckpt=None) -> L.Trainer:
-        trainer = L.Trainer(
-            max_epochs=epochs,
-            limit_train_batches=3,
-            limit_val_batches=1,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
+        trainer = quiet_trainer(tmp_path, max_epochs=epochs, limit_train_batches=3, limit_val_batches=1)
         trainer.fit(model, dm, ckpt_path=ckpt)
         return trainer
 
@@ -82,7 +84,7 @@ def test_vocabulary_and_classes_map_onto_the_weights(names_dir, tmp_path):
     model = zoo.create_model("gru_classifier", pretrained="names", freeze="backbone")
     old_vocab, old_classes = list(model.hparams.vocab), list(model.hparams.classes)
     dm = _csv_dm(tmp_path)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     trainer.fit(model, dm)
     new_vocab, new_classes = model.hparams.vocab, model.hparams.classes
     assert new_vocab != old_vocab and new_classes == ["Japanese", "Klingon", "Russian"]
@@ -113,7 +115,7 @@ def test_data_read_another_way_is_refused(tmp_path):
     model = zoo.create_model("gru_classifier", pretrained="names")
     dm = _csv_dm(tmp_path)
     dm.hparams.tokenizer = "whitespace"
-    trainer = L.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     with pytest.raises(ValueError, match="tokenizer='whitespace' but the model with tokenizer='char'"):
         trainer.fit(model, dm)
 
@@ -177,12 +179,10 @@ def test_a_bare_tag_names_the_models_weights():
         ImageClassifier(arch="resnet20", pretrained="imagenet")
 
 
-def test_a_frozen_backbone_under_ddp_is_refused(cifar_dir):
+def test_a_frozen_backbone_under_ddp_is_refused(cifar_dir, tmp_path):
     model = zoo.create_model("lenet5", freeze="backbone")
     dm = CIFAR10DataModule(data_dir=str(cifar_dir), num_images=(N_TRAIN, N_TEST), val_size=40, num_workers=0)
-    trainer = L.Trainer(
-        strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=1, logger=False, enable_progress_bar=False
-    )
+    trainer = quiet_trainer(tmp_path, strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=1)
     with pytest.raises(Exception, match="not supported with 2 processes"):
         trainer.fit(model, dm)
 
@@ -194,7 +194,7 @@ def test_image_classes_the_weights_know_keep_their_rows(tmp_path):
 
     model = zoo.create_model("resnet20", pretrained="cifar10", lr=1e-9, schedule="constant")
     dm = ImageFolderDataModule(root=str(write_images(tmp_path / "imgs")), num_workers=0, batch_size=4)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     trainer.fit(model, dm)
     assert model.hparams.classes == ["cat", "dog", "owl"] and model.hparams.num_classes == 3
     head, cifar = model.net.state_dict()["head.weight"], published_state("resnet20.cifar10")["head.weight"]

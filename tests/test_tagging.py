@@ -51,18 +51,23 @@ def test_span_f1_equals_seqeval_on_ill_formed_sequences():
     for tags in (["O", "B-PER", "I-PER", "I-LOC", "B-LOC"], ["O", "B-X", "I-X", "E-X", "S-X", "S-Y", "E-Y", "I-Y"]):
         gold = [random_tags(r.randint(1, 12), tags, r) for _ in range(300)]
         pred = [[t if r.random() < 0.7 else r.choice(tags) for t in g] for g in gold]
-        metric = SpanF1(tags)
-        index = {t: i for i, t in enumerate(tags)}
-        for p, g in zip(pred, gold):
-            metric.update(
-                torch.tensor([[index[t] for t in p]]), torch.tensor([[index[t] for t in g]]), torch.tensor([len(g)])
-            )
-        ours = metric.compute()
-        assert float(ours["f1"]) == pytest.approx(seqeval.f1_score(gold, pred), abs=1e-6)
-        assert float(ours["precision"]) == pytest.approx(seqeval.precision_score(gold, pred), abs=1e-6)
-        report = seqeval.classification_report(gold, pred, output_dict=True, zero_division=0)
-        for kind in metric.types:
-            assert float(ours[f"f1_{kind}"]) == pytest.approx(report[kind]["f1-score"], abs=1e-6)
+        assert_span_scores_equal_seqeval(seqeval, tags, gold, pred)
+
+
+def assert_span_scores_equal_seqeval(seqeval, tags: list[str], gold: list[list[str]], pred: list[list[str]]) -> None:
+    """SpanF1 over (pred, gold) sentences gives seqeval's precision, recall and F1, overall and F1 per type."""
+    metric, index = SpanF1(tags), {t: i for i, t in enumerate(tags)}
+    for p, g in zip(pred, gold):
+        metric.update(
+            torch.tensor([[index[t] for t in p]]), torch.tensor([[index[t] for t in g]]), torch.tensor([len(g)])
+        )
+    ours = metric.compute()
+    assert float(ours["f1"]) == pytest.approx(seqeval.f1_score(gold, pred), abs=1e-6)
+    assert float(ours["precision"]) == pytest.approx(seqeval.precision_score(gold, pred), abs=1e-6)
+    assert float(ours["recall"]) == pytest.approx(seqeval.recall_score(gold, pred), abs=1e-6)
+    report = seqeval.classification_report(gold, pred, output_dict=True, zero_division=0)
+    for kind in metric.types:
+        assert float(ours[f"f1_{kind}"]) == pytest.approx(report[kind]["f1-score"], abs=1e-6)
 
 
 def test_scheme_conversion_keeps_the_chunks(real_data_dir):
@@ -266,13 +271,4 @@ def test_span_f1_equals_seqeval_on_the_real_files(real_data_dir):
     names = sorted({t for g in gold for t in g})
     r = random.Random(1)
     pred = [[t if r.random() < 0.9 else r.choice(names) for t in g] for g in gold]
-    metric, index = SpanF1(names), {t: i for i, t in enumerate(names)}
-    for p, g in zip(pred, gold):
-        metric.update(
-            torch.tensor([[index[t] for t in p]]), torch.tensor([[index[t] for t in g]]), torch.tensor([len(g)])
-        )
-    ours = metric.compute()
-    assert float(ours["f1"]) == pytest.approx(seqeval.f1_score(gold, pred), abs=1e-6)
-    assert float(ours["recall"]) == pytest.approx(seqeval.recall_score(gold, pred), abs=1e-6)
-    report = seqeval.classification_report(gold, pred, output_dict=True, zero_division=0)
-    assert all(float(ours[f"f1_{k}"]) == pytest.approx(report[k]["f1-score"], abs=1e-6) for k in metric.types)
+    assert_span_scores_equal_seqeval(seqeval, names, gold, pred)
