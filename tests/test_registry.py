@@ -114,14 +114,17 @@ def test_torch_export(name):
         torch.testing.assert_close(exported.module()(x), net(x))
 
 
-def test_memory_efficient_densenet_gives_the_same_gradients():
+def test_memory_efficient_densenet_gives_the_same_outputs_and_gradients():
+    """The two ways of building the concatenation (grown per layer; listed and checkpointed) are one function."""
     torch.manual_seed(0)
     a = zoo.create_model("densenet_bc_100_12", num_classes=7).net
     b = zoo.create_model("densenet_bc_100_12", num_classes=7, memory_efficient=True).net
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 3, 32, 32)
-    a(x).sum().backward()
-    b(x).sum().backward()
+    out_a, out_b = a(x), b(x)
+    torch.testing.assert_close(out_a, out_b)
+    out_a.sum().backward()
+    out_b.sum().backward()
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=n)
 
