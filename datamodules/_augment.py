@@ -8,12 +8,21 @@ after normalisation, so the patch is the mean colour.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["AUGMENT_ARGS", "Cutout", "augmentation", "check_augmentation", "normalisation", "PADDING_MODES"]
+__all__ = [
+    "AUGMENT_ARGS",
+    "Cutout",
+    "augmentation",
+    "check_augmentation",
+    "normalisation",
+    "PADDING_MODES",
+    "sample_key",
+    "seeded",
+]
 
 PADDING_MODES = ("constant", "reflect", "edge", "symmetric")
 # The DataModule arguments that ``augmentation`` takes, under the same names: ``{k: hparams[k] for k in ...}``.
@@ -102,3 +111,18 @@ def augmentation(
     if cutout:
         ops.append(Cutout(cutout))
     return v2.Compose(ops)
+
+
+def sample_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
+    """A dataset key as ``(index, augmentation seed or None)``: training loaders pass ``(index, seed)``
+    (``datamodules._base.EpochSampler``), other loaders and users a bare index."""
+    return key if isinstance(key, tuple) else (key, None)
+
+
+def seeded(transform: Callable, x: torch.Tensor, seed: int | None) -> torch.Tensor:
+    """``transform(x)`` drawing from the torch RNG seeded with ``seed`` (restored afterwards); unseeded for None."""
+    if seed is None:
+        return transform(x)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(x)

@@ -1,13 +1,62 @@
 """What the DataModules share: the four loader hooks over named splits, and (for the image DataModules) loaders
 over the ``train_set`` / ``val_set`` / ``test_set`` that ``setup`` builds, sized by the ``batch_size``,
-``eval_batch_size`` and ``num_workers`` hyperparameters."""
+``eval_batch_size`` and ``num_workers`` hyperparameters, with a training loader that resumes mid-epoch exactly."""
 
 from __future__ import annotations
 
-import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import itertools
+import os
 
-__all__ = ["SplitLoaders", "SplitDataModule"]
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+__all__ = ["EpochSampler", "ResumableLoader", "SplitLoaders", "SplitDataModule"]
+
+
+class EpochSampler(DistributedSampler):
+    """This process's share of a permutation seeded by ``(seed, epoch)``, as ``(index, augmentation seed)`` keys.
+
+    The second item seeds the random augmentation of that sample (``datamodules._augment.seeded``), so an image
+    is augmented the same way whichever loader worker reads it and whatever was drawn before. A
+    ``DistributedSampler``, so Lightning keeps it under DDP (``num_replicas`` and ``rank`` come from the trainer)
+    and calls ``set_epoch`` each epoch; ``skip`` samples are left out once, at the start of the next pass.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.skip = 0
+
+    def __iter__(self):
+        start, self.skip = self.skip, 0
+        base = (self.seed * 1_000_003 + self.epoch) * len(self.dataset)
+        for i in itertools.islice(super().__iter__(), start, None):
+            yield i, (base + i) % 2**63
+
+
+class ResumableLoader(DataLoader):
+    """A training loader over an :class:`EpochSampler` that Lightning saves in checkpoints (it has ``state_dict``):
+    it counts the batches handed out this epoch, and a run resumed mid-epoch goes on at the next batch, with the
+    order and augmentation of an unbroken run, instead of replaying the epoch from its first batch."""
+
+    _resume: dict | None = None
+    _handed_out = 0
+
+    def __iter__(self):
+        # A generator, so nothing is drawn before the first batch is asked for: a resuming Lightning calls iter()
+        # before it calls set_epoch.
+        resume, self._resume = self._resume, None
+        if resume and resume["epoch"] == self.sampler.epoch and 0 < resume["batches"] < len(self):
+            self.sampler.skip = resume["batches"] * self.batch_size
+        self._handed_out = self.sampler.skip // self.batch_size
+        for batch in super().__iter__():
+            self._handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": self._handed_out}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)
 
 
 class SplitLoaders(L.LightningDataModule):
@@ -37,12 +86,13 @@ class SplitDataModule(SplitLoaders):
     def _loader(self, split: str, train: bool) -> DataLoader:
         h = self.hparams
         ds = getattr(self, f"{split}_set")
-        return DataLoader(
-            ds,
-            batch_size=h.batch_size if train else h.eval_batch_size,
-            shuffle=train,
-            # a ragged last batch of 1 breaks BatchNorm; but a split smaller than a batch must still train
-            drop_last=train and len(ds) > h.batch_size,
-            num_workers=h.num_workers,
-            persistent_workers=h.num_workers > 0,
-        )
+        workers = {"num_workers": h.num_workers, "persistent_workers": h.num_workers > 0}
+        if not train:
+            return DataLoader(ds, batch_size=h.eval_batch_size, **workers)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything (the CLI's --seed_everything)
+        sampler = EpochSampler(ds, num_replicas=world, rank=rank, seed=seed)
+        # a ragged last batch of 1 breaks BatchNorm; but a split smaller than a batch must still train
+        drop_last = sampler.num_samples > h.batch_size
+        return ResumableLoader(ds, batch_size=h.batch_size, sampler=sampler, drop_last=drop_last, **workers)

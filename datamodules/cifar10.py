@@ -28,7 +28,15 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from datamodules import DatasetError, default_data_dir
-from datamodules._augment import AUGMENT_ARGS, Cutout, augmentation, check_augmentation, normalisation
+from datamodules._augment import (
+    AUGMENT_ARGS,
+    Cutout,
+    augmentation,
+    check_augmentation,
+    normalisation,
+    sample_key,
+    seeded,
+)
 from datamodules._base import SplitDataModule
 
 __all__ = ["CIFAR10DataModule", "load_cifar10", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_CLASSES", "Cutout"]
@@ -141,8 +149,9 @@ class TensorImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[i]), self.labels[i]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = sample_key(key)
+        return seeded(self.transform, self.images[i], seed), self.labels[i]
 
 
 class CIFAR10DataModule(SplitDataModule):

@@ -30,7 +30,14 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from datamodules import DatasetError
-from datamodules._augment import AUGMENT_ARGS, augmentation, check_augmentation, normalisation
+from datamodules._augment import (
+    AUGMENT_ARGS,
+    augmentation,
+    check_augmentation,
+    normalisation,
+    sample_key,
+    seeded,
+)
 from datamodules._base import SplitDataModule
 
 __all__ = ["ImageFolderDataModule", "ImageFiles", "IMAGE_EXTENSIONS", "find_splits", "scan_classes", "stratified_split"]
@@ -173,11 +180,12 @@ class ImageFiles(Dataset):
             ) from e
         return F.pil_to_tensor(im)  # (C, H, W) uint8
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i, seed = sample_key(key)
         for j in range(len(self)):
             k = (i + j) % len(self)
             try:
-                return self.transform(self.load(k)), self.samples[k][1]
+                return seeded(self.transform, self.load(k), seed), self.samples[k][1]
             except DatasetError as e:
                 if not self.skip_bad:
                     raise DatasetError(f"{e}; delete or replace it, or pass --data.bad_files skip") from e

@@ -3,23 +3,17 @@ import json
 import lightning as L
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN
+from conftest import N_TEST, N_TRAIN, quiet_trainer, write_images
 
 import zoo
 from datamodules.cifar10 import CIFAR10DataModule
+from datamodules.images import ImageFolderDataModule
 from zoo.tasks._optim import build_schedule, param_groups
 
 
 def small_dm(cifar_dir, **kw):
-    return CIFAR10DataModule(
-        data_dir=str(cifar_dir),
-        num_images=(N_TRAIN, N_TEST),
-        val_size=40,
-        num_workers=0,
-        batch_size=16,
-        eval_batch_size=20,
-        **kw,
-    )
+    args = dict(num_images=(N_TRAIN, N_TEST), val_size=40, num_workers=0, batch_size=16, eval_batch_size=20)
+    return CIFAR10DataModule(data_dir=str(cifar_dir), **{**args, **kw})
 
 
 def test_hparams_are_json(tmp_path):
@@ -127,3 +121,39 @@ def test_every_task_checks_the_shared_training_values(name):
         zoo.create_model(name, weight_decay=-1, backbone_lr_mult=-1)
     with pytest.raises(ValueError, match="schedule must be one of"):
         zoo.create_model(name, schedule="step")
+
+
+@pytest.mark.parametrize("data", ["cifar10", "images"])
+def test_resume_mid_epoch_is_exact(cifar_dir, tmp_path, data):
+    """Stopped after 3 batches of the second epoch and resumed from that checkpoint, the run ends with the weights
+    of an unbroken one: the loader goes on at batch 4 with the same order and the same random crops, flips and
+    cutout (drawn in a loader worker), and the net's dropout draws the same masks."""
+    aug = dict(crop_padding=2, hflip=0.5, cutout=4, num_workers=1)
+    if data == "cifar10":  # 160 training images: 20 batches an epoch
+        make_dm = lambda: small_dm(cifar_dir, batch_size=8, **aug)  # noqa: E731
+    else:  # 30 training images: 7 batches an epoch
+        root = write_images(tmp_path / "photos", n=12)
+        make_dm = lambda: ImageFolderDataModule(  # noqa: E731
+            root=str(root), image_size=16, batch_size=4, eval_batch_size=8, **aug
+        )
+
+    def run(callbacks=(), ckpt=None):
+        L.seed_everything(0)
+        model = zoo.create_model("alexnet", num_classes=10 if data == "cifar10" else 3, lr=0.02)
+        quiet_trainer(tmp_path, max_epochs=2, callbacks=list(callbacks)).fit(model, make_dm(), ckpt_path=ckpt)
+        return model
+
+    class StopAt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 2:
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+                trainer.should_stop = True
+
+    full = run()
+    stopped = run([StopAt()])
+    ckpt = torch.load(tmp_path / "mid.ckpt", weights_only=True)
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 3}]
+    assert any(not torch.equal(a, b) for a, b in zip(full.state_dict().values(), stopped.state_dict().values()))
+    resumed = run(ckpt=tmp_path / "mid.ckpt")
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=k)

@@ -4,10 +4,12 @@ restore of resumable train loaders when a run resumes mid-epoch."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -125,8 +127,11 @@ class Task(L.LightningModule):
             )
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        """Freeze or unfreeze the backbone when the epoch asks for another state (checked per batch, so a run
-        resumed mid-epoch is in the right state)."""
+        """Seed this batch's randomness (dropout ...) from (run seed, epoch, batch, rank), so that a run resumed
+        mid-epoch draws what an unbroken run draws, whatever the loaders drew before; then freeze or unfreeze the
+        backbone when the epoch asks for another state (checked per batch, for the same reason)."""
+        run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
+        torch.manual_seed(hash((run_seed, self.current_epoch, batch_idx, self.global_rank)) % 2**63)
         frozen = self.backbone_frozen(self.current_epoch)
         if frozen != self._frozen:
             self._set_frozen(frozen)
