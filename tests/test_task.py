@@ -3,7 +3,7 @@ import json
 import lightning as L
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN, quiet_trainer, write_images
+from conftest import N_TEST, N_TRAIN, SaveBatches, quiet_trainer, write_images
 
 import zoo
 from datamodules.cifar10 import CIFAR10DataModule
@@ -92,25 +92,26 @@ def test_every_precision_trains_and_tests(cifar_dir, precision, tmp_path):
     assert torch.isfinite(trainer.callback_metrics["test_loss"])
 
 
-def test_ddp_spawn_two_cpu_processes(cifar_dir):
+def test_ddp_spawn_two_cpu_processes(cifar_dir, tmp_path):
+    """Two processes train, and each reads its own half of the training split (the zoo's sampler shards it)."""
     model = zoo.create_model("lenet5")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         strategy="ddp_spawn",
         accelerator="cpu",
         devices=2,
-        max_epochs=1,
-        limit_train_batches=2,
         limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        callbacks=[SaveBatches(tmp_path)],
     )
-    trainer.fit(model, small_dm(cifar_dir))
+    trainer.fit(model, small_dm(cifar_dir, batch_size=20, hflip=0.0, crop_padding=0))
     assert trainer.world_size == 2
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "the weights trained in the spawned processes come back to the main process"
+    ranks = [sorted(tmp_path.glob(f"rank{r}_*.pt")) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 4  # 160 training images, 80 per rank, batches of 20
+    images = [{tuple(x.flatten().tolist()) for f in files for x in torch.load(f)} for files in ranks]
+    assert len(images[0]) == len(images[1]) == 80 and not images[0] & images[1]
 
 
 @pytest.mark.parametrize("name", ["lenet5", "gru_classifier", "lstm_lm", "bilstm_crf", "seq2seq_gru_attn"])
