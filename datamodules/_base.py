@@ -8,9 +8,15 @@ import itertools
 import os
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-__all__ = ["EpochSampler", "ResumableLoader", "SplitLoaders", "SplitDataModule"]
+__all__ = ["EpochSampler", "EpochShuffle", "ResumableLoader", "SplitLoaders", "SplitDataModule", "run_seed"]
+
+
+def run_seed() -> int:
+    """The run's seed, as ``seed_everything`` (the CLI's ``--seed_everything``) set it; 0 without one."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 class EpochSampler(DistributedSampler):
@@ -33,27 +39,56 @@ class EpochSampler(DistributedSampler):
             yield i, (base + i) % 2**63
 
 
+class EpochShuffle(RandomSampler):
+    """A shuffle seeded by ``seed + epoch``, the rule of ``DistributedSampler``; Lightning calls ``set_epoch`` each
+    epoch. A ``RandomSampler``, so that under DDP Lightning puts a shuffling ``DistributedSampler`` in its place (in
+    a batch sampler, where a sampler of the DataModule's own cannot be kept)."""
+
+    def __init__(self, data_source, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=g).tolist())
+
+
 class ResumableLoader(DataLoader):
-    """A training loader over an :class:`EpochSampler` that Lightning saves in checkpoints (it has ``state_dict``):
-    it counts the batches handed out this epoch, and a run resumed mid-epoch goes on at the next batch, with the
-    order and augmentation of an unbroken run, instead of replaying the epoch from its first batch."""
+    """A training loader that Lightning saves in checkpoints (it has ``state_dict``): it counts the batches handed
+    out this epoch, and a run resumed mid-epoch goes on at the next batch, with the order (and augmentation) of an
+    unbroken run, instead of replaying the epoch from its first batch.
+
+    Its sampler is an :class:`EpochSampler` (then ``skip`` counts samples), or its batch sampler (with ``skip``
+    counted in batches) reads an epoch-seeded sampler: :class:`EpochShuffle` or Lightning's ``DistributedSampler``.
+    """
 
     _resume: dict | None = None
     _handed_out = 0
+
+    @property
+    def _epoch(self) -> int:
+        return (self.sampler if self.batch_size else self.batch_sampler.sampler).epoch
 
     def __iter__(self):
         # A generator, so nothing is drawn before the first batch is asked for: a resuming Lightning calls iter()
         # before it calls set_epoch.
         resume, self._resume = self._resume, None
-        if resume and resume["epoch"] == self.sampler.epoch and 0 < resume["batches"] < len(self):
-            self.sampler.skip = resume["batches"] * self.batch_size
-        self._handed_out = self.sampler.skip // self.batch_size
+        self._handed_out = 0
+        if resume and resume["epoch"] == self._epoch and 0 < resume["batches"] < len(self):
+            self._handed_out = resume["batches"]
+            if self.batch_size:
+                self.sampler.skip = self._handed_out * self.batch_size
+            else:
+                self.batch_sampler.skip = self._handed_out
         for batch in super().__iter__():
             self._handed_out += 1
             yield batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.sampler.epoch, "batches": self._handed_out}
+        return {"epoch": self._epoch, "batches": self._handed_out}
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = dict(state)
@@ -91,8 +126,7 @@ class SplitDataModule(SplitLoaders):
             return DataLoader(ds, batch_size=h.eval_batch_size, **workers)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything (the CLI's --seed_everything)
-        sampler = EpochSampler(ds, num_replicas=world, rank=rank, seed=seed)
+        sampler = EpochSampler(ds, num_replicas=world, rank=rank, seed=run_seed())
         # a ragged last batch of 1 breaks BatchNorm; but a split smaller than a batch must still train
         drop_last = sampler.num_samples > h.batch_size
         return ResumableLoader(ds, batch_size=h.batch_size, sampler=sampler, drop_last=drop_last, **workers)

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
 from datamodules import DatasetError, default_data_dir
 from datamodules._base import SplitLoaders
-from datamodules.text import BucketBatchSampler, Vocab
+from datamodules.text import Vocab, bucket_loader
 
 __all__ = [
     "CoNLLDataModule",
@@ -195,12 +195,9 @@ class TaggingDataModule(SplitLoaders):
         return torch.tensor(self.words.encode([norm(w) for w in words])), chars, torch.tensor(self.tags.encode(tags))
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        data = self.datasets[split]
-        bs = self.hparams.batch_size if train else self.hparams.eval_batch_size
-        sampler = RandomSampler(data) if train else SequentialSampler(data)
-        lengths = [len(x[0]) for x in data]
-        batches = BucketBatchSampler(sampler, bs, False, lengths, shuffle=train, seed=self.hparams.seed)
-        return DataLoader(data, batch_sampler=batches, collate_fn=collate_tagged, num_workers=0)
+        h, data = self.hparams, self.datasets[split]
+        bs = h.batch_size if train else h.eval_batch_size
+        return bucket_loader(data, [len(x[0]) for x in data], bs, train, h.seed, collate_tagged)
 
 
 def collate_tagged(batch):

@@ -3,15 +3,18 @@ lengths, and a length-bucketing batch sampler that also works under DDP."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 
-__all__ = ["Vocab", "TOKENIZERS", "tokenizer", "pad_collate", "BucketBatchSampler", "PAD", "UNK"]
+from datamodules._base import EpochShuffle, ResumableLoader, run_seed
+
+__all__ = ["Vocab", "TOKENIZERS", "tokenizer", "pad_collate", "BucketBatchSampler", "bucket_loader", "PAD", "UNK"]
 
 PAD, UNK = "<pad>", "<unk>"
 
@@ -105,10 +108,12 @@ def pad_collate(batch: Sequence[tuple[torch.Tensor, int]], pad_id: int = 0):
 class BucketBatchSampler(BatchSampler):
     """Batches of similar lengths, so little of each batch is padding.
 
-    Indices come from ``sampler`` (random for training, sequential for evaluation, a ``DistributedSampler`` that
-    Lightning injects under DDP: each rank then buckets its own shard, and every rank gets the same number of
-    batches, as DDP requires). They are taken in pools of ``pool_factor`` batches, sorted by length inside the
-    pool and cut into batches; for a shuffling sampler the batches of a pool are then yielded in random order.
+    Indices come from ``sampler`` (an epoch-seeded shuffle for training, sequential for evaluation, a
+    ``DistributedSampler`` that Lightning injects under DDP: each rank then buckets its own shard, and every rank
+    gets the same number of batches, as DDP requires). They are taken in pools of ``pool_factor`` batches, sorted
+    by length inside the pool and cut into batches; for a shuffling sampler the batches of a pool are then yielded
+    in an order seeded by ``seed`` and the sampler's epoch. ``skip`` batches are left out once, at the start of the
+    next pass (a run resumed mid-epoch).
     """
 
     def __init__(
@@ -123,11 +128,14 @@ class BucketBatchSampler(BatchSampler):
     ) -> None:
         super().__init__(sampler, batch_size, drop_last)
         self.lengths, self.pool_factor, self.shuffle, self.seed = lengths, pool_factor, shuffle, seed
-        self._epoch = 0
+        self.skip = 0
 
     def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(self.seed + self._epoch)
-        self._epoch += 1
+        start, self.skip = self.skip, 0
+        return itertools.islice(self._batches(), start, None)
+
+    def _batches(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + getattr(self.sampler, "epoch", 0))
         indices = list(self.sampler)
         pool = self.batch_size * self.pool_factor
         for start in range(0, len(indices), pool):
@@ -137,3 +145,14 @@ class BucketBatchSampler(BatchSampler):
                 batches.pop()
             order = torch.randperm(len(batches), generator=g).tolist() if self.shuffle else range(len(batches))
             yield from (batches[i] for i in order)
+
+
+def bucket_loader(
+    data: Sequence, lengths: Sequence[int], batch_size: int, train: bool, seed: int, collate_fn, num_workers: int = 0
+) -> DataLoader:
+    """A loader of length-bucketed batches of ``data``; for training, shuffled per epoch and resumable mid-epoch."""
+    sampler = EpochShuffle(data, run_seed()) if train else SequentialSampler(data)
+    batches = BucketBatchSampler(sampler, batch_size, False, lengths, shuffle=train, seed=seed)
+    return (ResumableLoader if train else DataLoader)(
+        data, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers, persistent_workers=num_workers > 0
+    )

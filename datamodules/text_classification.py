@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
 from datamodules import DatasetError
 from datamodules._base import SplitLoaders
-from datamodules.text import BucketBatchSampler, Vocab, pad_collate
+from datamodules.text import Vocab, bucket_loader, pad_collate
 from datamodules.text import tokenizer as get_tokenizer
 
 __all__ = ["TextClassificationDataModule", "stratified_split"]
@@ -174,18 +174,15 @@ class TextClassificationDataModule(SplitLoaders):
 
     # -- loaders ----------------------------------------------------------------------------------------------
     def _loader(self, split: str, train: bool) -> DataLoader:
-        data = self.datasets[split]
-        bs = self.hparams.batch_size if train else self.hparams.eval_batch_size
-        sampler = RandomSampler(data) if train else SequentialSampler(data)
-        batches = BucketBatchSampler(
-            sampler, bs, drop_last=False, lengths=[len(x) for x, _ in data], shuffle=train, seed=self.hparams.split_seed
-        )
-        return DataLoader(
+        h, data = self.hparams, self.datasets[split]
+        return bucket_loader(
             data,
-            batch_sampler=batches,
-            collate_fn=partial(pad_collate, pad_id=0),
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
+            [len(x) for x, _ in data],
+            h.batch_size if train else h.eval_batch_size,
+            train,
+            h.split_seed,
+            partial(pad_collate, pad_id=0),
+            h.num_workers,
         )
 
 

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
 from datamodules import DatasetError, default_data_dir
 from datamodules._base import SplitLoaders
-from datamodules.text import PAD, UNK, BucketBatchSampler, Vocab
+from datamodules.text import PAD, UNK, Vocab, bucket_loader
 
 __all__ = ["TranslationDataModule", "WORD", "word_tokenize", "SPECIALS", "read_lines"]
 
@@ -276,18 +276,10 @@ class TranslationDataModule(SplitLoaders):
 
     # -- loaders ----------------------------------------------------------------------------------------------
     def _loader(self, split: str, train: bool) -> DataLoader:
-        data = self.datasets[split]
-        bs = self.hparams.batch_size if train else self.hparams.eval_batch_size
-        sampler = RandomSampler(data) if train else SequentialSampler(data)
+        h, data = self.hparams, self.datasets[split]
+        bs = h.batch_size if train else h.eval_batch_size
         lengths = [len(x) for x, _, _ in data]
-        batches = BucketBatchSampler(sampler, bs, False, lengths, shuffle=train, seed=self.hparams.split_seed)
-        return DataLoader(
-            data,
-            batch_sampler=batches,
-            collate_fn=partial(collate_pairs, pad_id=0),
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        return bucket_loader(data, lengths, bs, train, h.split_seed, partial(collate_pairs, pad_id=0), h.num_workers)
 
 
 def collate_pairs(batch, pad_id: int = 0):
