@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules._base import SplitLoaders
-from datamodules.text import Vocab
+from datamodules.text import Vocab, bucket_loader
 
 __all__ = ["AddingDataModule", "CopyMemoryDataModule", "adding_problem", "copy_memory"]
 
@@ -75,7 +75,8 @@ class _SyntheticDataModule(SplitLoaders):
             self.datasets[split] = TensorDataset(x, lengths, y)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=train)
+        data, h = self.datasets[split], self.hparams
+        return bucket_loader(data, data.tensors[1].tolist(), h.batch_size, train, h.seed, collate_fn=None)
 
 
 class AddingDataModule(_SyntheticDataModule):

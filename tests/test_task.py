@@ -10,6 +10,7 @@ from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.conll import CoNLLDataModule
 from datamodules.images import ImageFolderDataModule
 from datamodules.names import NamesDataModule
+from datamodules.synthetic import AddingDataModule
 from datamodules.translation import TranslationDataModule
 from zoo.tasks._optim import build_schedule, param_groups
 
@@ -145,10 +146,13 @@ def test_resume_mid_epoch_is_exact(cifar_dir, tmp_path, data):
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 3}]
 
 
-@pytest.mark.parametrize("data", ["names", "conll", "pairs"])
+@pytest.mark.parametrize("data", ["names", "conll", "pairs", "adding"])
 def test_text_resume_mid_epoch_is_exact(names_dir, tmp_path, data):
-    """The length-bucketed loaders of the text tasks resume mid-epoch too (with dropout in the nets)."""
-    if data == "names":  # 17 training names, batches of 4
+    """The length-bucketed loaders of the sequence tasks resume mid-epoch too (with dropout in the nets)."""
+    if data == "adding":  # 48 sequences, batches of 8
+        make_dm = lambda: AddingDataModule(length=10, train_size=48, eval_size=8, batch_size=8)  # noqa: E731
+        make_model = lambda: zoo.create_model("lstm_classifier", hidden_size=8, num_layers=2, dropout=0.3)  # noqa: E731
+    elif data == "names":  # 17 training names, batches of 4
         make_dm = lambda: NamesDataModule(str(names_dir), val_fraction=0.2, test_fraction=0.2, batch_size=4)  # noqa
         make_model = lambda: zoo.create_model("gru_classifier", hidden_size=8, dropout=0.3)  # noqa: E731
     elif data == "conll":  # 24 training sentences of 1-6 words, batches of 4
