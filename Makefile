@@ -27,6 +27,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cifar_throughput.py
 	$(BIN)/python benchmarks/densenet_concat.py --bf16
+	$(BIN)/python benchmarks/loader_throughput.py
 	$(BIN)/python benchmarks/crf.py
 	$(BIN)/python benchmarks/seq2seq_decoding.py
 
