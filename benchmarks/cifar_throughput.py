@@ -19,12 +19,16 @@ import zoo
 
 def images_per_second(name: str, batch: int, steps: int, bf16: bool, channels_last: bool) -> float:
     torch.manual_seed(0)
-    net = zoo.create_model(name).net.train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=fmt)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    net = zoo.create_model(name).net.to(memory_format=fmt)
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (batch,))
+    return training_speed(net, x, torch.randint(0, 10, (batch,)), steps, bf16)
+
+
+def training_speed(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, bf16: bool) -> float:
+    """Images/s of SGD steps of ``net`` on the batch ``x``, ``y`` (after 3 warm-up steps)."""
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -38,7 +42,7 @@ def images_per_second(name: str, batch: int, steps: int, bf16: bool, channels_la
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    return batch * steps / (time.perf_counter() - t0)
+    return len(x) * steps / (time.perf_counter() - t0)
 
 
 def main() -> None:

@@ -9,10 +9,9 @@ machines. Usage: ``python benchmarks/densenet_concat.py [--batch 64] [--steps 10
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-import torch.nn.functional as F
+from cifar_throughput import training_speed  # this folder: on sys.path when run as a script
 
 import zoo
 from zoo.nets.densenet import DenseBlock
@@ -23,24 +22,6 @@ def listed_forward(block: DenseBlock, x: torch.Tensor) -> torch.Tensor:
     for layer in block:
         features.append(layer(features))
     return torch.cat(features, 1)
-
-
-def images_per_second(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, bf16: bool) -> float:
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(net(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(3):  # warm-up: oneDNN primitive creation
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return len(x) * steps / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -61,10 +42,9 @@ def main() -> None:
             block.forward = listed_forward.__get__(block)
     with torch.no_grad():
         torch.testing.assert_close(grown.eval()(x), listed.eval()(x))
-    grown.train(), listed.train()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, bf16: {args.bf16}")
-    ref = images_per_second(listed, x, y, args.steps, args.bf16)
-    new = images_per_second(grown, x, y, args.steps, args.bf16)
+    ref = training_speed(listed, x, y, args.steps, args.bf16)
+    new = training_speed(grown, x, y, args.steps, args.bf16)
     print(f"{'listed concatenation (reference)':<34} {ref:8.1f} img/s")
     print(f"{'grown concatenation (zoo)':<34} {new:8.1f} img/s  {new / ref:.2f}x")
 
