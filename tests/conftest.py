@@ -52,27 +52,33 @@ class SaveBatches(L.Callback):
         torch.save(batch[0], self.folder / f"rank{trainer.global_rank}_batch{batch_idx}.pt")
 
 
-def assert_resume_is_exact(tmp_path: Path, make_model, make_dm, epoch: int = 1, batch: int = 2) -> dict:
+class StopAt(L.Callback):
+    """Saves a checkpoint at ``path`` after batch ``batch`` of epoch ``epoch`` and stops the run there."""
+
+    def __init__(self, epoch: int, batch: int, path: Path) -> None:
+        self.epoch, self.batch, self.path = epoch, batch, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
+
+
+def assert_resume_is_exact(tmp_path: Path, make_model, make_dm, epoch: int = 1, batch: int = 2, **trainer_kw) -> dict:
     """Train ``make_model()`` on ``make_dm()`` for ``epoch + 1`` epochs three times from seed 0: unbroken; stopped
     after batch ``batch`` of ``epoch`` (a checkpoint saved there); resumed from that checkpoint. The resumed run must
     end with the unbroken run's weights (and the stopped one without them). Returns the checkpoint."""
     ckpt = tmp_path / "mid.ckpt"
 
-    class StopAt(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, b, batch_idx):
-            if trainer.current_epoch == epoch and batch_idx == batch:
-                trainer.save_checkpoint(ckpt)
-                trainer.should_stop = True
-
     def run(callbacks=(), ckpt_path=None):
         L.seed_everything(0)
         model = make_model()
-        trainer = quiet_trainer(tmp_path, max_epochs=epoch + 1, callbacks=list(callbacks))
+        trainer = quiet_trainer(tmp_path, max_epochs=epoch + 1, callbacks=list(callbacks), **trainer_kw)
         trainer.fit(model, make_dm(), ckpt_path=ckpt_path)
         return model.state_dict()
 
     full = run()
-    stopped = run([StopAt()])
+    stopped = run([StopAt(epoch, batch, ckpt)])
     assert any(not torch.equal(a, b) for a, b in zip(full.values(), stopped.values())), "the run did not stop early"
     resumed = run(ckpt_path=ckpt)
     for (k, a), b in zip(full.items(), resumed.values()):

@@ -128,21 +128,23 @@ def test_every_task_checks_the_shared_training_values(name):
         zoo.create_model(name, schedule="step")
 
 
-@pytest.mark.parametrize("data", ["cifar10", "images"])
+@pytest.mark.parametrize("data", ["cifar10", "images", "cifar10-ddp"])
 def test_resume_mid_epoch_is_exact(cifar_dir, tmp_path, data):
     """Stopped after 3 batches of the second epoch and resumed from that checkpoint, the run ends with the weights
     of an unbroken one: the loader goes on at batch 4 with the same order and the same random crops, flips and
-    cutout (drawn in a loader worker), and the net's dropout draws the same masks."""
-    aug = dict(crop_padding=2, hflip=0.5, cutout=4, num_workers=1)
-    if data == "cifar10":  # 160 training images: 20 batches an epoch
+    cutout (drawn in a loader worker), and the net's dropout draws the same masks. Under DDP too (2 processes)."""
+    ddp = dict(strategy="ddp_spawn", accelerator="cpu", devices=2) if data.endswith("ddp") else {}
+    aug = dict(crop_padding=2, hflip=0.5, cutout=4, num_workers=0 if ddp else 1)
+    if data.startswith("cifar10"):  # 160 training images: 20 batches an epoch (10 per process under DDP)
         make_dm = lambda: small_dm(cifar_dir, batch_size=8, **aug)  # noqa: E731
     else:  # 30 training images: 7 batches an epoch
         root = write_images(tmp_path / "photos", n=12)
         make_dm = lambda: ImageFolderDataModule(  # noqa: E731
             root=str(root), image_size=16, batch_size=4, eval_batch_size=8, **aug
         )
-    classes = 10 if data == "cifar10" else 3
-    ckpt = assert_resume_is_exact(tmp_path, lambda: zoo.create_model("alexnet", num_classes=classes, lr=0.02), make_dm)
+    classes = 3 if data == "images" else 10
+    make_model = lambda: zoo.create_model("alexnet", num_classes=classes, lr=0.02)  # noqa: E731
+    ckpt = assert_resume_is_exact(tmp_path, make_model, make_dm, **ddp)
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 3}]
 
 
