@@ -70,10 +70,10 @@ CASES = {
     "bilstm_crf.conll2003": ("EU rejects German call to boycott British lamb .", {}, _conll),
     "bilstm_crf.ud_en_ewt_upos": ("The cat sat on the mat .", {}, _upos),
     "seq2seq_gru_attn.multi30k_de_en": ("Ein Mann schläft .", {"beam": 5}, _translation),
-    "resnet20.cifar10": ([_PIXELS, Image.new("RGB", (40, 30), (200, 30, 30))], {"top_k": 20}, _image),
-    "lenet5.cifar10": ([_PIXELS, Image.new("RGB", (40, 30), (200, 30, 30))], {"top_k": 20}, _image),
-    "resnet56.cifar10": ([_PIXELS, Image.new("RGB", (40, 30), (200, 30, 30))], {"top_k": 20}, _image),
-    "vgg11_bn.cifar10": ([_PIXELS, Image.new("RGB", (40, 30), (200, 30, 30))], {"top_k": 20}, _image),
+    **{
+        f"{cnn}.cifar10": ([_PIXELS, Image.new("RGB", (40, 30), (200, 30, 30))], {"top_k": 20}, _image)
+        for cnn in ("lenet5", "resnet20", "resnet56", "vgg11_bn", "densenet_bc_100_12")
+    },
 }
 
 
