@@ -30,14 +30,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from datamodules import DatasetError
-from datamodules._augment import (
-    AUGMENT_ARGS,
-    augmentation,
-    check_augmentation,
-    normalisation,
-    sample_key,
-    seeded,
-)
+from datamodules._augment import AUGMENT_ARGS, augmentation, check_augmentation, normalisation, sample_key, seeded
 from datamodules._base import SplitDataModule
 
 __all__ = ["ImageFolderDataModule", "ImageFiles", "IMAGE_EXTENSIONS", "find_splits", "scan_classes", "stratified_split"]

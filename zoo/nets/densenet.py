@@ -45,8 +45,12 @@ class DenseLayer(nn.Module):
         out = self.conv1(F.relu(self.norm1(x)))  # (B, bn_size * k, H, W)
         return F.dropout(out, self.drop_rate, self.training) if self.drop_rate else out
 
+    def checkpointing(self) -> bool:
+        """Whether this call recomputes the bottleneck in the backward pass instead of storing it."""
+        return self.memory_efficient and self.training and torch.is_grad_enabled()
+
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        if self.memory_efficient and self.training and torch.is_grad_enabled():
+        if self.checkpointing():
             out = checkpoint(self._bottleneck, *features, use_reentrant=False)
         else:
             out = self._bottleneck(*features)
@@ -64,12 +68,8 @@ class DenseBlock(nn.ModuleList):
     and concatenate inside their checkpoint, so that no concatenation is kept for the backward pass.
     """
 
-    def __init__(self, layers: list[DenseLayer], memory_efficient: bool) -> None:
-        super().__init__(layers)
-        self.memory_efficient = memory_efficient
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.memory_efficient and self.training and torch.is_grad_enabled():
+        if len(self) and self[0].checkpointing():  # the layers share the flag
             features = [x]
             for layer in self:
                 features.append(layer(features))
@@ -116,7 +116,7 @@ class DenseNet(ClassifierNet):
             layers = [
                 DenseLayer(ch + j * growth_rate, growth_rate, bn_size, drop_rate, memory_efficient) for j in range(n)
             ]
-            stages.append(DenseBlock(layers, memory_efficient))
+            stages.append(DenseBlock(layers))
             ch += n * growth_rate
             if i < len(block_config) - 1:
                 out = int(ch * compression)
