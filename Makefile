@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m zoo._demo
+	$(BIN)/python -m zoo.cli.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

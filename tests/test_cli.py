@@ -12,9 +12,10 @@ from PIL import Image
 
 import zoo
 from datamodules.cifar10 import CIFAR10DataModule
-from zoo._cli import EVALUATE_TOLERANCE, main, model_card
-from zoo._pretrained import checkpoint_dir, read_manifest
-from zoo._publish import publish
+from zoo.cli.card import model_card
+from zoo.cli.main import EVALUATE_TOLERANCE, main
+from zoo.weights import checkpoint_dir, read_manifest
+from zoo.weights.publish import publish
 
 REPO_CHECKPOINTS = checkpoint_dir()
 
@@ -28,11 +29,11 @@ def run(capsys, *argv: str) -> tuple[int, str]:
 @pytest.mark.parametrize("name", sorted(read_manifest()), ids=str)
 def test_model_card_comes_from_the_manifest(name):
     entry, card = read_manifest()[name], model_card(name)
-    assert card["metrics"] == entry["metrics"] and card["sha256"] == entry["sha256"]
-    assert card["params"] == entry["params"]  # counted on the loaded net, equal to what publish recorded
-    assert card["recipe"] == entry["recipe"] and os.path.isfile(card["recipe"])
+    assert card["metrics"] == entry.metrics and card["sha256"] == entry.sha256
+    assert card["params"] == entry.params  # counted on the loaded net, equal to what publish recorded
+    assert card["recipe"] == entry.recipe and os.path.isfile(card["recipe"])
     assert card["data_licence"] and "not stated" not in card["data_licence"]  # every dataset says its terms
-    if entry.get("preprocessing"):
+    if entry.preprocessing:
         assert card["mflops"] > 0
 
 
@@ -64,7 +65,7 @@ def test_predict_images_and_bad_input(capsys, tmp_path):
     Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
     code, out = run(capsys, "predict", "resnet20.cifar10", str(path), "--top-k", "3", "--json")
     (row,) = json.loads(out)
-    classes = read_manifest()["resnet20.cifar10"]["classes"]
+    classes = read_manifest()["resnet20.cifar10"].classes
     probs = [p for _, p in row["output"]]
     assert code == 0 and all(c in classes for c, _ in row["output"]) and probs == sorted(probs, reverse=True)
     code, out = run(capsys, "predict", "resnet20.cifar10", str(tmp_path / "missing.png"))
@@ -121,7 +122,7 @@ def test_evaluate_reproduces_every_published_metric_on_the_real_data(name, capsy
     data = os.environ.get("ZOO_DATA_DIR", "")
     folder = {"CIFAR10": "cifar10", "Names": "names", "CharLM": "tinyshakespeare", "Translation": "multi30k"}
     folder |= {"CoNLL": "conll2003", "CoNLLU": "ud_en_ewt"}
-    cls = read_manifest()[name]["data"]["class_path"].rsplit(".", 1)[1].removesuffix("DataModule")
+    cls = read_manifest()[name].data["class_path"].rsplit(".", 1)[1].removesuffix("DataModule")
     if not os.path.isdir(os.path.join(data, folder[cls])):
         pytest.skip(f"the real data of {name} is not in ZOO_DATA_DIR={data!r}")
     code, out = run(capsys, "evaluate", name)

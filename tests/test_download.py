@@ -12,11 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 import zoo
-from zoo import _pretrained
-from zoo._pretrained import PretrainedError, cache_dir, checkpoint_dir, get_pretrained, read_manifest, sha256_of
+from zoo.weights import PretrainedError, cache_dir, checkpoint_dir, read_manifest, sha256_of, store
 
 REPO = Path(__file__).resolve().parents[1] / "checkpoints"
-REPO_MANIFEST = read_manifest(REPO)
+REPO_MANIFEST = {n: w.to_json() for n, w in read_manifest(REPO).items()}  # as the file holds them
 NAME = "lenet5.cifar10"
 WEIGHTS = (REPO / REPO_MANIFEST[NAME]["file"]).read_bytes()
 
@@ -132,7 +131,7 @@ def test_http_error_and_timeout_leave_nothing(remote, monkeypatch):
         zoo.load_pretrained(NAME)
     assert cached_files() == []
     remote.mode = "hang"
-    monkeypatch.setattr(_pretrained, "DOWNLOAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(store, "DOWNLOAD_TIMEOUT_S", 0.3)
     with pytest.raises(PretrainedError, match="failed \\((TimeoutError|URLError).*timed out"):
         zoo.load_pretrained(NAME)
     assert cached_files() == []
@@ -166,7 +165,8 @@ def test_kwargs_side_file_downloads_too(server, tmp_path, monkeypatch):
     write_manifest(
         tmp_path / "ckpts", {name: {**entry, "model_kwargs_file": {**side, "url": server.url + "/" + side["file"]}}}
     )
-    got = get_pretrained(name)["model_kwargs"]
+    shutil.copy(REPO / entry["file"], tmp_path / "ckpts")  # the weights are local: only the side file is fetched
+    got = zoo.get_weights(name).kwargs
     assert set(side["keys"]) <= set(got) and len(server.requests) == 1
     assert sha256_of(cache_dir() / side["file"]) == side["sha256"]
-    assert get_pretrained(name)["model_kwargs"] == got and len(server.requests) == 1
+    assert zoo.get_weights(name).kwargs == got and len(server.requests) == 1

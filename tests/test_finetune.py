@@ -23,14 +23,14 @@ from safetensors.torch import load_file
 
 import zoo
 from datamodules.cifar10 import CIFAR10DataModule
-from zoo._pretrained import checkpoint_dir, get_pretrained, read_manifest
 from zoo.tasks._optim import param_groups
+from zoo.weights import checkpoint_dir, read_manifest
 
 FINETUNE = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs" / "finetune").glob("*.yaml"))
 
 
 def published_state(name: str) -> dict[str, torch.Tensor]:
-    return {k: v.float() for k, v in load_file(checkpoint_dir() / get_pretrained(name)["file"]).items()}
+    return {k: v.float() for k, v in load_file(checkpoint_dir() / zoo.get_weights(name).file).items()}
 
 
 def test_finetune_arguments_are_checked():
@@ -149,7 +149,7 @@ def test_finetune_recipe_runs_from_the_weights(config, tmp_path, cifar_dir, text
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     (ckpt,) = (tmp_path / "runs").glob("*/version_0/checkpoints/last.ckpt")
     tuned = zoo.load_checkpoint(ckpt)
-    weights, old = published_state(cfg["pretrained"]), get_pretrained(cfg["pretrained"])["model_kwargs"]
+    weights, old = published_state(cfg["pretrained"]), zoo.get_weights(cfg["pretrained"]).kwargs
     old_vocab, new_vocab = tuned.vocabularies(old), tuned.vocabularies(tuned.hparams)
     checked = 0
     for key, value in tuned.net.state_dict().items():
@@ -198,7 +198,7 @@ def test_image_classes_the_weights_know_keep_their_rows(tmp_path):
     trainer.fit(model, dm)
     assert model.hparams.classes == ["cat", "dog", "owl"] and model.hparams.num_classes == 3
     head, cifar = model.net.state_dict()["head.weight"], published_state("resnet20.cifar10")["head.weight"]
-    names = read_manifest()["resnet20.cifar10"]["classes"]
+    names = read_manifest()["resnet20.cifar10"].classes
     assert torch.allclose(head[0], cifar[names.index("cat")], atol=1e-6)
     assert torch.allclose(head[1], cifar[names.index("dog")], atol=1e-6)
     assert not any(torch.allclose(head[2], row, atol=1e-3) for row in cifar)

@@ -16,7 +16,7 @@ import zoo
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.names import NamesDataModule
 from zoo import CheckpointError, PretrainedError
-from zoo._pretrained import read_manifest
+from zoo.weights import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / "checkpoints"
@@ -28,8 +28,8 @@ def publish_copies(folder: Path, entries: dict[str, str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {}
     for name, source in entries.items():
-        shutil.copy(REPO / REPO_MANIFEST[source]["file"], folder)
-        manifest[name] = REPO_MANIFEST[source]
+        shutil.copy(REPO / REPO_MANIFEST[source].file, folder)
+        manifest[name] = REPO_MANIFEST[source].to_json()
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -51,25 +51,25 @@ def test_pretrained_true_tag_or_full_name(ckpts, pretrained):
     publish_copies(ckpts, {"lenet5.cifar10": "lenet5.cifar10"})
     model = zoo.create_model("lenet5", pretrained=pretrained)
     assert model.hparams.pretrained == "lenet5.cifar10"  # the task gets the full name
-    assert_holds(model.net, ckpts / REPO_MANIFEST["lenet5.cifar10"]["file"])
+    assert_holds(model.net, ckpts / REPO_MANIFEST["lenet5.cifar10"].file)
 
 
 def test_no_pretrained_is_a_fresh_model(ckpts):
     publish_copies(ckpts, {"lenet5.cifar10": "lenet5.cifar10"})
     model = zoo.create_model("lenet5", pretrained=False)
-    stored = load_file(ckpts / REPO_MANIFEST["lenet5.cifar10"]["file"])
+    stored = load_file(ckpts / REPO_MANIFEST["lenet5.cifar10"].file)
     assert model.hparams.pretrained is None
     assert not torch.equal(model.net.head.weight, stored["head.weight"].float())
 
 
 def test_pretrained_brings_the_weights_model_kwargs(ckpts):
     publish_copies(ckpts, {"gru_classifier.names": "gru_classifier.names"})
-    kwargs = REPO_MANIFEST["gru_classifier.names"]["model_kwargs"]
+    kwargs = REPO_MANIFEST["gru_classifier.names"].kwargs
     default = inspect.signature(zoo.task_class("gru_classifier")).parameters["hidden_size"].default
     assert kwargs["hidden_size"] != default  # else this test shows nothing
     model = zoo.create_model("gru_classifier", pretrained=True)
     assert model.hparams.hidden_size == kwargs["hidden_size"] and model.hparams.vocab == kwargs["vocab"]
-    assert_holds(model.net, ckpts / REPO_MANIFEST["gru_classifier.names"]["file"])
+    assert_holds(model.net, ckpts / REPO_MANIFEST["gru_classifier.names"].file)
 
 
 def test_several_weights_ask_to_choose(ckpts):
@@ -94,7 +94,7 @@ def test_hub_load_local(monkeypatch):
     monkeypatch.delenv("ZOO_CHECKPOINTS", raising=False)  # the repository's own published weights
     model = torch.hub.load(str(ROOT), "resnet20", pretrained=True, source="local")
     assert isinstance(model, zoo.task_class("resnet20")) and model.hparams.pretrained == "resnet20.cifar10"
-    assert_holds(model.net, REPO / REPO_MANIFEST["resnet20.cifar10"]["file"])
+    assert_holds(model.net, REPO / REPO_MANIFEST["resnet20.cifar10"].file)
     fresh = torch.hub.load(str(ROOT), "resnet20", source="local", num_classes=7, zero_init_residual=True)
     assert fresh.hparams.pretrained is None and fresh.net.head.out_features == 7
     assert fresh.hparams.net_kwargs == {"zero_init_residual": True}
@@ -144,7 +144,7 @@ def test_load_checkpoint_round_trip_without_the_published_weights(finetuned):
     assert type(model) is type(trained) and not model.training and model.hparams.arch == "lenet5"
     for k, v in trained.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
-    published = load_file(REPO / REPO_MANIFEST["lenet5.cifar10"]["file"])
+    published = load_file(REPO / REPO_MANIFEST["lenet5.cifar10"].file)
     assert not torch.equal(model.net.head.weight, published["head.weight"].float())  # the fine-tuned ones
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(model(x), trained.eval()(x))

@@ -213,7 +213,7 @@ def test_bptt_longer_than_the_window_is_said(text_file, tmp_path):
 
 
 def test_published_language_model_generates_alone(text_file, tmp_path, monkeypatch):
-    from zoo._publish import publish
+    from zoo.weights.publish import publish
 
     L.seed_everything(0)
     model = tiny_lm(bptt=8)
@@ -222,14 +222,11 @@ def test_published_language_model_generates_alone(text_file, tmp_path, monkeypat
     t.save_checkpoint(tmp_path / "last.ckpt")
     monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))
     entry = publish(tmp_path / "last.ckpt", "fixture", "configs/lstm_lm.tinyshakespeare.yaml")
-    assert {"test_loss", "test_bpc", "val_loss"} <= set(entry["metrics"]) and "float32_test_loss" in entry[
-        "dtype_check"
-    ]
-    assert entry["data"]["init_args"]["path"] == str(text_file)
+    assert {"test_loss", "test_bpc", "val_loss"} <= set(entry.metrics) and "float32_test_loss" in entry.dtype_check
+    assert entry.data["init_args"]["path"] == str(text_file)
     loaded = zoo.load_pretrained("lstm_lm.fixture")
     assert (
-        loaded.generate("ROMEO:", 20, seed=1) == model.eval().generate("ROMEO:", 20, seed=1)
-        or entry["dtype"] == "float16"
+        loaded.generate("ROMEO:", 20, seed=1) == model.eval().generate("ROMEO:", 20, seed=1) or entry.dtype == "float16"
     )
     assert len(loaded.generate("JULIET:", 20, seed=1)) == len("JULIET:") + 20
 

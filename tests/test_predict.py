@@ -16,7 +16,7 @@ from PIL import Image
 import zoo
 from datamodules.cifar10 import CIFAR10DataModule, find_cifar10
 from datamodules.images import ImageFiles, ImageFolderDataModule
-from zoo._pretrained import read_manifest
+from zoo.weights import read_manifest
 
 
 def _ranked(result, k: int) -> None:
@@ -203,7 +203,7 @@ def test_weights_bring_names_and_preprocessing_unless_the_head_is_reset():
     model = zoo.load_pretrained("lenet5.cifar10")
     assert (
         model.hparams.classes == CLASSES
-        and model.hparams.preprocessing == read_manifest()["lenet5.cifar10"]["preprocessing"]
+        and model.hparams.preprocessing == read_manifest()["lenet5.cifar10"].preprocessing
     )
     reset = zoo.load_pretrained("lenet5.cifar10", num_classes=3)  # a new head: the names no longer apply
     assert reset.hparams.classes is None and reset.hparams.preprocessing == model.hparams.preprocessing

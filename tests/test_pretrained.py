@@ -9,8 +9,10 @@ from safetensors.torch import load_file
 
 import zoo
 from datamodules.cifar10 import CIFAR10DataModule
-from zoo._pretrained import PretrainedError, checkpoint_dir, read_manifest, sha256_of
-from zoo._publish import CheckpointError, build_datamodule, evaluate, publish, read_checkpoint
+from zoo.checkpoint import CheckpointError, read_checkpoint
+from zoo.weights import PretrainedError, checkpoint_dir, read_manifest, sha256_of
+from zoo.weights.measure import build_datamodule, evaluate
+from zoo.weights.publish import publish
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +47,17 @@ def published(trained_ckpt, cifar_dir, tmp_path, monkeypatch):
 
 def test_publish_writes_weights_and_measured_metrics(published):
     entry, dm = published
-    path = checkpoint_dir() / entry["file"]
-    assert path.suffix == ".safetensors" and sha256_of(path) == entry["sha256"]
+    path = checkpoint_dir() / entry.file
+    assert path.suffix == ".safetensors" and sha256_of(path) == entry.sha256
     assert read_manifest()["lenet5.fixture"] == entry
-    assert entry["params"] == 62_006 and entry["classes"][0] == "airplane"
+    assert entry.params == 62_006 and entry.classes[0] == "airplane"
     model = zoo.load_pretrained("lenet5.fixture")
     assert not model.training
-    assert evaluate(model, dm, "test")["test_acc"] == pytest.approx(entry["metrics"]["test_acc"])  # not typed
-    assert "val_acc" in entry["metrics"] and entry["training"]["wall_time_s"] >= 0
-    check = entry["dtype_check"]
+    assert evaluate(model, dm, "test")["test_acc"] == pytest.approx(entry.metrics["test_acc"])  # not typed
+    assert "val_acc" in entry.metrics and entry.training["wall_time_s"] >= 0
+    check = entry.dtype_check
     fp16_ok = abs(check["float16_test_acc"] - check["float32_test_acc"]) * 100 <= check["tolerance_points"]
-    assert entry["dtype"] == ("float16" if fp16_ok else "float32")
+    assert entry.dtype == ("float16" if fp16_ok else "float32")
 
 
 def test_list_pretrained_and_models(published):
@@ -68,20 +70,20 @@ def test_loaded_weights_equal_the_checkpoint(published, trained_ckpt):
     state = read_checkpoint(trained_ckpt)["state_dict"]
     net = zoo.load_pretrained("lenet5.fixture").net
     for k, v in net.state_dict().items():
-        stored = state[f"net.{k}"].half().float() if entry["dtype"] == "float16" else state[f"net.{k}"]
+        stored = state[f"net.{k}"].half().float() if entry.dtype == "float16" else state[f"net.{k}"]
         assert torch.equal(v, stored), k
 
 
 @pytest.mark.parametrize("tolerance, dtype", [(None, "float32"), (100.0, "float16")])
 def test_storage_dtype_follows_the_measured_test_change(tolerance, dtype, trained_ckpt, cifar_dir, tmp_path):
     entry = publish(trained_ckpt, "t", "r.yaml", data_dir=str(cifar_dir), out_dir=tmp_path, fp16_tolerance=tolerance)
-    assert entry["dtype"] == dtype and entry["dtype_check"]["float32_test_acc"] >= 0
-    stored = load_file(tmp_path / entry["file"])
+    assert entry.dtype == dtype and entry.dtype_check["float32_test_acc"] >= 0
+    stored = load_file(tmp_path / entry.file)
     assert {v.dtype for k, v in stored.items() if "num_batches" not in k} == {getattr(torch, dtype)}
     if dtype == "float16":  # the published metric is the one of the stored (rounded) weights
-        assert entry["metrics"]["test_acc"] == entry["dtype_check"]["float16_test_acc"]
+        assert entry.metrics["test_acc"] == entry.dtype_check["float16_test_acc"]
     else:
-        assert entry["metrics"]["test_acc"] == entry["dtype_check"]["float32_test_acc"]
+        assert entry.metrics["test_acc"] == entry.dtype_check["float32_test_acc"]
 
 
 def test_other_num_classes_resets_head_keeps_backbone(published, caplog):
@@ -93,7 +95,7 @@ def test_other_num_classes_resets_head_keeps_backbone(published, caplog):
 
 def test_sha256_mismatch_is_refused(published):
     entry, _ = published
-    path = checkpoint_dir() / entry["file"]
+    path = checkpoint_dir() / entry.file
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -103,8 +105,8 @@ def test_sha256_mismatch_is_refused(published):
 
 def test_missing_file_says_where_it_looked(published):
     entry, _ = published
-    (checkpoint_dir() / entry["file"]).unlink()
-    with pytest.raises(PretrainedError, match=f"looked for .*{entry['file']}"):
+    (checkpoint_dir() / entry.file).unlink()
+    with pytest.raises(PretrainedError, match=f"looked for .*{entry.file}"):
         zoo.load_pretrained("lenet5.fixture")
 
 
@@ -116,9 +118,10 @@ def test_unknown_tag_lists_available(published):
 def test_weights_for_another_architecture(published):
     with pytest.raises(PretrainedError, match="are for model 'lenet5', not 'resnet20'"):
         zoo.create_model("resnet20", pretrained="lenet5.fixture")
-    manifest = read_manifest()
+    path = checkpoint_dir() / "manifest.json"
+    manifest = json.loads(path.read_text())
     manifest["resnet20.bad"] = {**manifest["lenet5.fixture"], "model": "resnet20"}  # mislabelled entry
-    (checkpoint_dir() / "manifest.json").write_text(json.dumps(manifest))
+    path.write_text(json.dumps(manifest))
     with pytest.raises(PretrainedError, match="do not fit this resnet20"):
         zoo.load_pretrained("resnet20.bad")
 
@@ -147,21 +150,21 @@ REPO_MANIFEST = read_manifest()
 @pytest.mark.parametrize("name", sorted(REPO_MANIFEST), ids=sorted(REPO_MANIFEST))
 def test_repo_weights_verify_and_load(name):
     entry = REPO_MANIFEST[name]
-    assert sha256_of(checkpoint_dir() / entry["file"]) == entry["sha256"]
+    assert sha256_of(checkpoint_dir() / entry.file) == entry.sha256
     from safetensors.torch import load_file
 
     model = zoo.load_pretrained(name)
-    stored, loaded = load_file(checkpoint_dir() / entry["file"]), model.net.state_dict()
+    stored, loaded = load_file(checkpoint_dir() / entry.file), model.net.state_dict()
     assert not model.training and stored.keys() == loaded.keys()
     for k, v in stored.items():  # every tensor loaded, as stored (fp16 files load into fp32 parameters)
         assert torch.equal(loaded[k], v.to(loaded[k].dtype)), k
-    assert entry["recipe"] and (checkpoint_dir().parent / entry["recipe"]).is_file()
+    assert entry.recipe and (checkpoint_dir().parent / entry.recipe).is_file()
 
 
 @pytest.mark.parametrize("name", sorted(REPO_MANIFEST), ids=sorted(REPO_MANIFEST))
 def test_repo_weights_reproduce_their_test_accuracy(name, real_data_dir):
     entry = REPO_MANIFEST[name]
-    spec = entry.get("data", {"class_path": "datamodules.cifar10.CIFAR10DataModule", "init_args": {}})
-    key = "test_" + zoo.task_class(entry["model"]).monitor[0].removeprefix("val_")  # the selection metric
+    spec = entry.data or {"class_path": "datamodules.cifar10.CIFAR10DataModule", "init_args": {}}
+    key = "test_" + zoo.task_class(entry.model).monitor[0].removeprefix("val_")  # the selection metric
     measured = evaluate(zoo.load_pretrained(name), build_datamodule(spec, str(real_data_dir)), "test")[key]
-    assert measured == pytest.approx(entry["metrics"][key], abs=1e-3)
+    assert measured == pytest.approx(entry.metrics[key], abs=1e-3)

@@ -6,7 +6,7 @@ import sys
 
 from conftest import ROOT
 
-from zoo._cli import GENERATED, render_readme
+from zoo.cli.readme import GENERATED, render_readme
 
 
 def test_readme_tables_are_current():
@@ -30,7 +30,5 @@ def test_import_contracts():
 
 
 def test_zoo_cli_lists_models():
-    res = subprocess.run(
-        [sys.executable, "-m", "zoo._cli", "list", "resnet*"], cwd=ROOT, capture_output=True, text=True
-    )
+    res = subprocess.run([sys.executable, "-m", "zoo.cli", "list", "resnet*"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0 and "resnet56" in res.stdout and "lenet5" not in res.stdout

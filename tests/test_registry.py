@@ -3,7 +3,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import zoo
-from zoo._registry import register_model
+from zoo import register_model
 
 IMAGENET = {"stem": "imagenet", "num_classes": 1000}
 # Published parameter counts: name -> (net kwargs the paper's figure is for, count, tolerance, source).

@@ -332,8 +332,8 @@ def test_train_py_on_multi30k(name, real_data_dir, tmp_path):
 def test_published_translator_works_alone(toy_tsv, tmp_path, monkeypatch):
     """Weights published from a checkpoint translate raw strings with nothing else: the vocabularies travel in a
     sha256-checked file beside the weights."""
-    from zoo._cli import weights_table
-    from zoo._publish import publish
+    from zoo.cli.readme import weights_table
+    from zoo.weights.publish import publish
 
     L.seed_everything(0)
     model = zoo.create_model("seq2seq_gru_attn", embed_dim=32, hidden_size=32, dropout=0.0, lr=1e-2, beam=3)
@@ -341,15 +341,15 @@ def test_published_translator_works_alone(toy_tsv, tmp_path, monkeypatch):
     t.fit(model, toy_dm(toy_tsv))
     t.save_checkpoint(tmp_path / "last.ckpt")
     monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))
-    monkeypatch.setattr("zoo._publish.LARGE_KWARG", 100)  # the toy vocabularies are small
+    monkeypatch.setattr("zoo.weights.publish.LARGE_KWARG", 100)  # the toy vocabularies are small
     entry = publish(tmp_path / "last.ckpt", "toy", "configs/seq2seq_gru_attn.multi30k_de_en.yaml")
-    assert {"test_bleu", "test_bleu_greedy", "test_bleu_tok", "val_bleu"} <= set(entry["metrics"])
-    assert entry["model_kwargs_file"]["keys"] == ["src_spec", "tgt_spec"] and "src_spec" not in entry["model_kwargs"]
-    assert f"| `seq2seq_gru_attn.toy` | BLEU {entry['metrics']['test_bleu']:.1f} (greedy " in weights_table()
+    assert {"test_bleu", "test_bleu_greedy", "test_bleu_tok", "val_bleu"} <= set(entry.metrics)
+    assert entry.kwargs_file["keys"] == ["src_spec", "tgt_spec"] and "src_spec" not in entry.kwargs
+    assert f"| `seq2seq_gru_attn.toy` | BLEU {entry.metrics['test_bleu']:.1f} (greedy " in weights_table()
     loaded = zoo.load_pretrained("seq2seq_gru_attn.toy")
     sentences = ["ein hund läuft .", "ein mann schläft ."]
-    assert loaded.translate(sentences) == model.eval().translate(sentences) or entry["dtype"] == "float16"
-    side = tmp_path / "ckpts" / entry["model_kwargs_file"]["file"]
+    assert loaded.translate(sentences) == model.eval().translate(sentences) or entry.dtype == "float16"
+    side = tmp_path / "ckpts" / entry.kwargs_file["file"]
     side.write_text(side.read_text().replace("hund", "hunt"))
     with pytest.raises(zoo.PretrainedError, match="sha256"):
         zoo.load_pretrained("seq2seq_gru_attn.toy")

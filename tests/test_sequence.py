@@ -7,8 +7,8 @@ from conftest import SaveBatches, quiet_trainer, run_train
 
 import zoo
 from datamodules.names import NamesDataModule
-from zoo._publish import publish
 from zoo.nets.recurrent import POOLINGS, RecurrentClassifier, RecurrentLM
+from zoo.weights.publish import publish
 
 SEQ_MODELS = zoo.list_models(task="sequence")
 

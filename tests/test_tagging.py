@@ -222,7 +222,7 @@ def test_train_py_taggers_on_real_data(name, data, real_data_dir, tmp_path):
 
 
 def test_published_tagger_works_alone(conll_dir, tmp_path, monkeypatch):
-    from zoo._publish import publish
+    from zoo.weights.publish import publish
 
     L.seed_everything(0)
     model = small()

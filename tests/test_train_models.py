@@ -1,7 +1,7 @@
 """Every registered model trains for a step through ``train.py`` on both image DataModules (CIFAR-10 and the
 user's own folder), and the task refuses data that does not fit the net.
 
-In-process (``zoo._train.main(argv)``, the same code path as the script) because a subprocess per model would
+In-process (``zoo.cli.train.main(argv)``, the same code path as the script) because a subprocess per model would
 cost ~10 s of imports each; ``test_train_cli.py`` covers the script itself in subprocesses.
 """
 
@@ -9,7 +9,7 @@ import pytest
 from conftest import FIXTURE_ARGS, write_images
 
 import zoo
-from zoo._train import main
+from zoo.cli.train import main
 
 NAMES = zoo.list_models(task="image")
 # DenseNet-BC-250 (5.4 GMACs per 32x32 image) costs ~25 s a step here: `make test-all` runs it, `make test` does not.

@@ -13,8 +13,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from zoo import _pretrained
+from zoo._registry import check_task
 from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule, check_choice
+from zoo.weights import Weights, load_into, weights_for
 
 __all__ = ["Task"]
 
@@ -33,9 +34,26 @@ class Task(L.LightningModule):
     """
 
     monitor: tuple[str, str] = ("val_loss", "min")  # what ModelCheckpoint selects on in train.py
+    # the headline metric (the monitored one, on test) is reported in points: this many per unit of the metric
+    # (fractions such as accuracy x100; BLEU, already 0-100, x1; a loss in nats x100, so a point is 0.01 nats)
+    points_per_unit: float = 100.0
     weights_kwargs: tuple[str, ...] = ()  # hyperparameters that rebuild the net of published weights
     head_prefixes: tuple[str, ...] = ("head.",)  # net parameters trained from scratch when fine-tuning
     _frozen: bool = False
+    weights: Weights | None = None  # the published weights of ``pretrained``, resolved once
+
+    @classmethod
+    def headline_metric(cls) -> tuple[str, float]:
+        """The metric this task selects on, as measured on test, and its scale to points (``points_per_unit``):
+        what ``zoo publish`` keeps fp16 within tolerance on and ``zoo evaluate`` compares."""
+        return "test_" + cls.monitor[0].removeprefix("val_"), cls.points_per_unit
+
+    @classmethod
+    def describe(cls, metrics: dict, split: str) -> str:
+        """The headline metric of ``split`` (``test``, ``val``) in ``metrics``, as the README and ``zoo info``
+        show it."""
+        key = f"{split}_{cls.monitor[0].removeprefix('val_')}"
+        return f"{key.removeprefix(split + '_')} {metrics[key]:.4f}"
 
     # -- fine-tuning ----------------------------------------------------------------------------------------
     # net state keys indexed by one of the task's vocabularies (tokens, classes, tags):
@@ -48,9 +66,10 @@ class Task(L.LightningModule):
         weights load into nothing else), except the ``remappable`` ones (vocabularies, classes), taken only when
         not given. Values replaced are logged."""
         h = self.hparams
-        if "." not in h.pretrained:  # a bare tag: --model.pretrained cifar10 means <arch>.cifar10
-            self.adopt(pretrained=f"{h.arch}.{h.pretrained}")
-        entry = _pretrained.get_pretrained(h.pretrained)["model_kwargs"]
+        # a tag (--model.pretrained cifar10 means <arch>.cifar10), a name, or the Weights that create_model resolved
+        self.weights = weights_for(h.arch, h.pretrained)
+        self.adopt(pretrained=self.weights.name)  # a hyperparameter stays a name (checkpoints load weights_only)
+        entry = self.weights.kwargs
         take = {
             k: entry[k]
             for k in self.weights_kwargs
@@ -71,15 +90,15 @@ class Task(L.LightningModule):
         weights' (fine-tuning on other data), entries both hold keep their learnt rows and the others start
         fresh; what was mapped is logged."""
         h = self.hparams
-        entry = _pretrained.get_pretrained(h.pretrained)
-        old = self.vocabularies({**entry, **entry["model_kwargs"]})  # images keep their class names in the entry
+        w = self.weights if self.weights is not None else weights_for(h.arch, h.pretrained)
+        old = self.vocabularies({"classes": w.classes, **w.kwargs})  # images keep their class names in the entry
         new = self.vocabularies(h)
         remap = {
             key: (v, list(old[v]), list(new[v]), dims)
             for key, (v, dims) in self.indexed_params.items()
             if old.get(v) is not None and new.get(v) is not None and list(old[v]) != list(new[v])
         }
-        _pretrained.load_into(self.net, h.pretrained, arch=h.arch, remap=remap)
+        load_into(self.net, w, arch=h.arch, remap=remap)
 
     def differs_from_data(self, theirs: dict[str, list | None]) -> bool:
         """Whether the data's vocabularies (``None``: the data does not say) differ from the model's. Without
@@ -146,9 +165,10 @@ class Task(L.LightningModule):
         return self
 
     def check_training_args(self) -> None:
-        """Refuse bad values of the optimisation and fine-tuning hyperparameters that every task shares (each task
-        checks its own besides): called once they are saved."""
+        """Refuse a model this task does not train, and bad values of the optimisation and fine-tuning
+        hyperparameters that every task shares (each task checks its own besides): called once they are saved."""
         h = self.hparams
+        check_task(h.arch, type(self))  # the registry says which task trains which model
         check_choice("optimizer", h.optimizer, OPTIMIZERS)
         check_choice("schedule", h.schedule, SCHEDULES)
         rules = {

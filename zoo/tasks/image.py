@@ -15,7 +15,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms.v2 import functional as TF
 
-from zoo import _pretrained
 from zoo._registry import get_entry
 from zoo.tasks._base import Task
 
@@ -40,8 +39,7 @@ class ImageClassifier(Task):
         pretrained: published weights ``name.tag`` to start from (``zoo.list_pretrained()``); a different
             ``num_classes`` keeps the backbone and resets the classifier. Their class names (when the number
             matches) and preprocessing come with them unless given.
-        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning: a frozen backbone (linear probe), the epoch it
-            starts training, its learning rate relative to ``lr`` (see ``zoo.tasks._base.Task``).
+        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning, the same in every task (see :class:`Task`).
         optimizer: ``sgd`` (Nesterov when momentum > 0) or ``adamw``.
         lr, momentum, weight_decay: weight decay is not applied to norm parameters and biases.
         schedule: ``cosine`` (linear warm-up, cosine to 0), ``onecycle`` or ``constant``, stepped per batch.
@@ -58,6 +56,10 @@ class ImageClassifier(Task):
     @staticmethod
     def vocabularies(h) -> dict[str, list | None]:
         return {"classes": h.get("classes")}
+
+    @classmethod
+    def describe(cls, metrics: dict, split: str) -> str:
+        return f"{100 * metrics[f'{split}_acc']:.2f}%"
 
     def __init__(
         self,
@@ -92,8 +94,7 @@ class ImageClassifier(Task):
         h = self.hparams
         if pretrained:  # the weights bring their architecture, class names and preprocessing
             self.take_weights_kwargs()
-            entry = _pretrained.get_pretrained(h.pretrained)
-            names, prep = entry.get("classes") or [], entry.get("preprocessing") or {}
+            names, prep = self.weights.classes, self.weights.preprocessing
             if classes is None and len(names) == num_classes:  # else the classifier is reset: other classes
                 self.adopt(classes=list(names))
             if not preprocessing and prep.get("input_size", [None])[0] == h.in_chans:

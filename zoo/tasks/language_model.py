@@ -33,8 +33,7 @@ class LanguageModel(TextTask):
         embed_dim, hidden_size, num_layers, dropout, tie_weights: the net; ``net_kwargs`` for the rest.
         pretrained: published weights ``name.tag`` to start from; their vocabulary comes with them (data with
             another vocabulary: known tokens keep their vectors, the rest start fresh).
-        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning: a frozen backbone (linear probe), the epoch it
-            starts training, its learning rate relative to ``lr`` (see ``zoo.tasks._base.Task``).
+        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning, the same in every task (see :class:`Task`).
         bptt: tokens per truncated-BPTT step (default: the whole window of a batch).
         grad_clip: gradient-norm clipping, applied at every step (on in every recurrent recipe).
         reset_prob: chance that a stream's carried state is zeroed before a training batch. Without it the model
@@ -44,6 +43,11 @@ class LanguageModel(TextTask):
     """
 
     monitor = ("val_loss", "min")
+
+    @classmethod
+    def describe(cls, metrics: dict, split: str) -> str:
+        return f"{metrics[f'{split}_loss']:.3f} nats/token"
+
     remappable = ("vocab",)
     indexed_params = {
         "encoder.embedding.weight": ("vocab", (0,)),
@@ -90,8 +94,6 @@ class LanguageModel(TextTask):
         self.save_hyperparameters()
         self.check_training_args()
         check_choice("tokenizer", tokenizer, tuple(TOKENIZE))
-        if get_entry(arch).kind != "language_model":
-            raise ValueError(f"{arch!r} is not a language model; use one of rnn_lm, lstm_lm, gru_lm")
         if bptt is not None and bptt < 1:
             raise ValueError(f"bptt must be >= 1 token; got {bptt}")
         if not 0 <= reset_prob <= 1:

@@ -39,8 +39,7 @@ class SequenceClassifier(TextTask):
             ``net_kwargs`` for the rest (``residual``, ``nonlinearity``, ``recurrent_init``, ``forget_bias`` ...).
         pretrained: published weights ``name.tag`` to start from; their vocabulary and classes come with them
             (other ``classes`` reset the classifier).
-        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning: a frozen backbone (linear probe), the epoch it
-            starts training, its learning rate relative to ``lr`` (see ``zoo.tasks._base.Task``).
+        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning, the same in every task (see :class:`Task`).
         optimizer, lr, momentum, weight_decay, schedule, warmup_epochs: as ``ImageClassifier``.
         label_smoothing: cross-entropy label smoothing.
         class_weighted: weight the loss by the DataModule's ``class_weights`` (inverse class frequency).
@@ -48,6 +47,12 @@ class SequenceClassifier(TextTask):
     """
 
     monitor = ("val_acc", "max")
+
+    @classmethod
+    def describe(cls, metrics: dict, split: str) -> str:
+        f1 = f", F1 {metrics[f'{split}_f1']:.3f}" if f"{split}_f1" in metrics else ""
+        return f"{100 * metrics[f'{split}_acc']:.2f}%{f1}"
+
     remappable = ("vocab", "classes")
     indexed_params = {
         "encoder.embedding.weight": ("vocab", (0,)),
@@ -106,8 +111,6 @@ class SequenceClassifier(TextTask):
         self.check_training_args()
         check_choice("tokenizer", tokenizer, tuple(TOKENIZE))
         check_choice("objective", objective, OBJECTIVES)
-        if get_entry(arch).kind != "sequence":
-            raise ValueError(f"{arch!r} is not a sequence classifier; use one of rnn/lstm/gru_classifier")
         self.net: nn.Module | None = None
         self.register_buffer("class_weights", None, persistent=False)
         if pretrained:  # the weights bring their architecture, vocabulary and classes

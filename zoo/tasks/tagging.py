@@ -129,11 +129,17 @@ class Tagger(Task):
             initialise the embeddings of the words it holds; read from disk, never downloaded.
         pretrained: published weights ``name.tag`` to start from; their vocabularies come with them (data with
             others: known words, characters and tags keep their rows, the rest start fresh).
-        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning: a frozen backbone (linear probe), the epoch it
-            starts training, its learning rate relative to ``lr`` (see ``zoo.tasks._base.Task``).
+        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning, the same in every task (see :class:`Task`).
     """
 
-    monitor = ("val_score", "max")
+    monitor = ("val_score", "max")  # span F1 for chunk tags (BIO ...), token accuracy for POS
+
+    @classmethod
+    def describe(cls, metrics: dict, split: str) -> str:
+        if f"{split}_f1" in metrics:
+            return f"span F1 {100 * metrics[f'{split}_f1']:.2f}"
+        return f"{100 * metrics[f'{split}_acc']:.2f}% token accuracy"
+
     head_prefixes = ("emissions.", "crf.")
     remappable = ("words", "chars", "tags")
     indexed_params = {
@@ -197,8 +203,6 @@ class Tagger(Task):
         super().__init__()
         self.save_hyperparameters()
         self.check_training_args()
-        if get_entry(arch).kind != "tagging":
-            raise ValueError(f"{arch!r} is not a tagger; use one of bilstm_crf, bigru_crf, bilstm_softmax")
         self.net: nn.Module | None = None
         if pretrained:  # the weights bring their architecture and vocabularies
             self.take_weights_kwargs()

@@ -79,8 +79,7 @@ class Seq2Seq(Task):
             (``attention``, ``input_feeding``, ``tie_embeddings``, ``cell`` ...).
         pretrained: published weights ``name.tag`` to start from; their tokenisers and vocabularies come with
             them (data with other vocabularies: known tokens keep their vectors, the rest start fresh).
-        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning: a frozen backbone (linear probe), the epoch it
-            starts training, its learning rate relative to ``lr`` (see ``zoo.tasks._base.Task``).
+        freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning, the same in every task (see :class:`Task`).
         teacher_forcing: the share of steps fed the reference token in training (1.0: always).
         label_smoothing: of the training loss (Szegedy et al. 2016).
         beam, alpha, max_len_a, max_len_b: test-time beam search and its length limit ``a * |src| + b``.
@@ -88,6 +87,15 @@ class Seq2Seq(Task):
     """
 
     monitor = ("val_bleu", "max")
+    points_per_unit = 1.0  # BLEU is already in points
+
+    @classmethod
+    def describe(cls, metrics: dict, split: str) -> str:
+        greedy = metrics.get(f"{split}_bleu_greedy")
+        return f"BLEU {metrics[f'{split}_bleu']:.1f}" + (
+            f" (greedy {greedy:.1f})" if greedy is not None else " (greedy)"
+        )
+
     head_prefixes = ("out.",)
     remappable = ("src_spec", "tgt_spec")
     indexed_params = {
@@ -145,8 +153,6 @@ class Seq2Seq(Task):
         super().__init__()
         self.save_hyperparameters()
         self.check_training_args()
-        if get_entry(arch).kind != "seq2seq":
-            raise ValueError(f"{arch!r} is not a seq2seq model; use one of seq2seq_gru_attn, seq2seq_lstm_attn, ...")
         if not 0 <= teacher_forcing <= 1 or beam < 1 or alpha < 0:
             raise ValueError(
                 f"need 0 <= teacher_forcing <= 1, beam >= 1, alpha >= 0; got {teacher_forcing}, {beam}, {alpha}"

@@ -11,141 +11,26 @@ from rich.console import Console
 from rich.table import Table
 
 import zoo
-from zoo._pretrained import PretrainedError, local_places, read_manifest, sha256_of
-from zoo._publish import FP16_TOLERANCE, CheckpointError, build_datamodule, evaluate, headline_metric, publish
+from zoo.checkpoint import CheckpointError
+from zoo.cli.card import model_card
+from zoo.cli.readme import render_readme
+from zoo.weights import PretrainedError, local_places, read_manifest, sha256_of
+from zoo.weights.measure import build_datamodule, evaluate
+from zoo.weights.publish import FP16_TOLERANCE, publish
 
-__all__ = ["main", "model_table", "weights_table", "render_readme", "model_card"]
+__all__ = ["main", "EVALUATE_TOLERANCE"]
 
 EVALUATE_TOLERANCE = 0.1  # points (see headline_metric) within which `zoo evaluate` calls a metric reproduced
-
-
-def model_table() -> str:
-    """The README's model table, in Markdown, from the registry and the manifest (tested to be current)."""
-    manifest = read_manifest()
-    rows = ["| model | params | MFLOPs (32x32) | published weights | test top-1 |", "|---|---:|---:|---|---:|"]
-    for name in zoo.list_models(task="image"):
-        net = zoo.create_model(name).net.eval()
-        params = sum(p.numel() for p in net.parameters())
-        mflops = _count_flops(net, [3, 32, 32]) / 1e6
-        weights = [(k, v) for k, v in manifest.items() if v["model"] == name]
-        tags = ", ".join(f"`{k}`" for k, _ in weights) or "-"
-        acc = ", ".join(f"{100 * v['metrics']['test_acc']:.2f}%" for _, v in weights) or "-"
-        rows.append(f"| `{name}` | {params / 1e6:.3f}M | {mflops:.1f} | {tags} | {acc} |")
-    return "\n".join(rows)
-
-
-def weights_table() -> str:
-    """The README's table of published weights, from the manifest."""
-    rows = ["| weights | test | validation | recipe | training, up to this checkpoint |", "|---|---:|---:|---|---|"]
-    for name, e in read_manifest().items():
-        t = e["training"]
-        hw = "; ".join(sorted({f"{r['hardware']}, {r['precision']}" for r in t.get("runs", [])}))
-        rows.append(
-            f"| `{name}` | {_metric(e['metrics'], 'test')} | {_metric(e['metrics'], 'val')} "
-            f"| [`{e['recipe']}`]({e['recipe']}) | {t['wall_time_s'] / 60:.0f} min, {t['steps']} steps on {hw} |"
-        )
-    return "\n".join(rows)
-
-
-def _metric(m: dict, split: str) -> str:
-    """The headline metric of a split: accuracy (and macro-F1 where measured), BLEU (beam search; greedy beside it
-    where measured) for seq2seq, or nats per token for LMs."""
-    if f"{split}_score" in m:  # taggers: span F1 for chunk tags, token accuracy for POS
-        if f"{split}_f1" in m:
-            return f"span F1 {100 * m[f'{split}_f1']:.2f}"
-        return f"{100 * m[f'{split}_acc']:.2f}% token accuracy"
-    if f"{split}_acc" in m:
-        f1 = f", F1 {m[f'{split}_f1']:.3f}" if f"{split}_f1" in m else ""
-        return f"{100 * m[f'{split}_acc']:.2f}%{f1}"
-    if f"{split}_bleu" in m:
-        greedy = f"{split}_bleu_greedy"
-        return f"BLEU {m[f'{split}_bleu']:.1f}" + (f" (greedy {m[greedy]:.1f})" if greedy in m else " (greedy)")
-    return f"{m[f'{split}_loss']:.3f} nats/token"
-
-
-GENERATED = {"model-table": model_table, "weights-table": weights_table}
-
-
-def render_readme(text: str) -> str:
-    """``text`` with every generated block (between ``<!-- X:start -->`` and ``<!-- X:end -->``) made current."""
-    for key, fn in GENERATED.items():
-        start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
-        if start in text:
-            head, rest = text.split(start, 1)
-            text = f"{head}{start}\n{fn()}\n{end}{rest.split(end, 1)[1]}"
-    return text
 
 
 def _list(args: argparse.Namespace) -> int:
     manifest = read_manifest()
     table = Table("model", "task", "published weights")
-    from zoo._registry import get_entry
-
     for name in zoo.list_models(args.pattern, pretrained=args.pretrained):
-        tags = ", ".join(k for k, v in manifest.items() if v["model"] == name)
-        table.add_row(name, get_entry(name).task.rsplit(".", 1)[-1], tags or "-")
+        tags = ", ".join(w.name for w in manifest.values() if w.model == name)
+        table.add_row(name, zoo.model_info(name).task.rsplit(".", 1)[-1], tags or "-")
     Console().print(table)
     return 0
-
-
-def _count_flops(net, shape: list[int]) -> float:
-    """Multiply-adds (the papers' convention) of one forward pass on a zero input of ``shape`` (C, H, W)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net.eval()(torch.zeros(1, *shape))
-    return counter.get_total_flops() / 2
-
-
-def _data_licence(class_path: str) -> str:
-    import importlib
-
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None)
-    return getattr(cls, "licence", None) or "not stated: check the dataset's terms before you publish results"
-
-
-def model_card(name: str) -> dict:
-    """What ``zoo info`` shows: registered model ``name`` or published weights ``model.tag``, from the registry and
-    the manifest (never typed by hand: the README's tables come from the same place)."""
-    from zoo._registry import get_entry
-
-    manifest = read_manifest()
-    weights = name if name in manifest else None
-    model = manifest[name]["model"] if weights else name
-    entry = get_entry(model)  # raises UnknownModelError, listing the names
-    card: dict = {"model": model, "task": entry.task, "kind": entry.kind}
-    doc = (entry.builder.__doc__ or "").strip().splitlines()
-    card["architecture"] = doc[0] if doc else entry.builder.__name__
-    if weights:
-        e = zoo._pretrained.get_pretrained(weights)
-        net = zoo.load_pretrained(weights).net
-        card |= {
-            "weights": weights,
-            "file": e["file"],
-            "sha256": e["sha256"],
-            "dtype": e.get("dtype"),
-            "classes": e.get("classes"),
-            "metrics": e["metrics"],
-            "evaluation": e.get("evaluation", {}),
-            "recipe": e.get("recipe"),
-            "data": e.get("data", {}).get("class_path"),
-            "data_args": e.get("data", {}).get("init_args"),
-            "data_licence": _data_licence(e["data"]["class_path"]) if e.get("data") else None,
-            "training": e.get("training"),
-        }
-        shape = (e.get("preprocessing") or {}).get("input_size")
-    else:
-        net = zoo.create_model(model).net
-        shape = [3, 32, 32] if entry.kind == "image" else None
-        card["published_weights"] = [k for k, v in manifest.items() if v["model"] == model]
-    if net is not None:
-        card["params"] = sum(p.numel() for p in net.parameters())
-    if shape and net is not None:
-        card["mflops"] = round(_count_flops(net, shape) / 1e6, 1)
-        card["input_size"] = shape
-    return card
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -221,24 +106,24 @@ def _render(result) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    name = args.name if args.name in read_manifest() else zoo._weights(args.name, True)[0]
-    entry = zoo._pretrained.get_pretrained(name)
-    if not entry.get("data"):
+    weights = zoo.get_weights(args.name)
+    name, published_metrics = weights.name, weights.metrics
+    if not weights.data:
         raise PretrainedError(f"the manifest entry of {name} does not say which data measured it: cannot evaluate")
-    model = zoo.load_pretrained(name)
-    dm = build_datamodule(entry["data"], args.data_dir)
+    model = zoo.load_pretrained(weights)
+    dm = build_datamodule(weights.data, args.data_dir)
     measured = evaluate(model, dm, "test")
-    key, scale = headline_metric(type(model))
+    key, scale = type(model).headline_metric()
     table = Table("metric", "manifest", "measured", "difference (points)")
-    for k, published in entry["metrics"].items():
+    for k, published in published_metrics.items():
         if k in measured:
             table.add_row(k, f"{published:.4f}", f"{measured[k]:.4f}", f"{(measured[k] - published) * scale:+.3f}")
     Console().print(table)
-    diff = abs(measured[key] - entry["metrics"][key]) * scale
+    diff = abs(measured[key] - published_metrics[key]) * scale
     ok = diff <= EVALUATE_TOLERANCE
     print(
         f"{name}: {key} {'reproduced' if ok else 'NOT reproduced'}: {measured[key]:.4f} measured vs "
-        f"{entry['metrics'][key]:.4f} in the manifest ({diff:.3f} points; tolerance {EVALUATE_TOLERANCE})"
+        f"{published_metrics[key]:.4f} in the manifest ({diff:.3f} points; tolerance {EVALUATE_TOLERANCE})"
     )
     return 0 if ok else 1
 
@@ -247,8 +132,8 @@ def _verify(args: argparse.Namespace) -> int:
     """Every file of every manifest entry, where it is on this machine, against its sha256."""
     table = Table("weights", "file", "where", "status")
     bad = 0
-    for name, entry in read_manifest().items():
-        specs = [entry] + ([entry["model_kwargs_file"]] if entry.get("model_kwargs_file") else [])
+    for name, w in read_manifest().items():
+        specs = [{"file": w.file, "sha256": w.sha256, "url": w.url}] + ([w.kwargs_file] if w.kwargs_file else [])
         for spec in specs:
             found = [path for path in local_places(spec["file"]) if path.is_file()]
             if not found:
@@ -267,9 +152,9 @@ def _verify(args: argparse.Namespace) -> int:
 def _publish(args: argparse.Namespace) -> int:
     tolerance = None if args.float32 else args.fp16_tolerance
     entry = publish(args.checkpoint, args.tag, args.recipe, data_dir=args.data_dir, fp16_tolerance=tolerance)
-    m = entry["metrics"]
-    print(f"published {entry['model']}.{args.tag}: {entry['file']} ({entry['dtype']}) sha256 {entry['sha256'][:12]}…")
-    print("  storage check: " + ", ".join(f"{k}={v}" for k, v in entry["dtype_check"].items()))
+    m = entry.metrics
+    print(f"published {entry.name}: {entry.file} ({entry.dtype}) sha256 {entry.sha256[:12]}…")
+    print("  storage check: " + ", ".join(f"{k}={v}" for k, v in entry.dtype_check.items()))
     print("  " + ", ".join(f"{k}={v:.4f}" for k, v in m.items()))
     return 0
 

@@ -41,7 +41,7 @@ import datamodules.synthetic  # noqa: F401
 import datamodules.translation  # noqa: F401
 import zoo.tasks  # noqa: F401  (short class names: --model ImageClassifier)
 from datamodules import DATAMODULES
-from zoo._registry import UnknownModelError, get_entry
+from zoo import UnknownModelError, model_info
 from zoo.callbacks import PredictionSaver, TrainingRecord
 
 __all__ = ["ZooCLI", "main", "rewrite_argv", "resolve_checkpoint"]
@@ -66,7 +66,7 @@ def rewrite_argv(argv: list[str]) -> list[str]:
             out += ["--data", DATAMODULES.get(value, value)]
         elif re.fullmatch(r"[a-z0-9_]+", value):  # a registry name, not a class name or path
             try:
-                entry = get_entry(value)
+                entry = model_info(value)
             except UnknownModelError as e:
                 raise SystemExit(f"train.py: error: {e}") from None
             out += ["--model", entry.task, "--model.arch", value]

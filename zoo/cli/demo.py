@@ -12,9 +12,10 @@ from pathlib import Path
 import zoo
 from datamodules import DatasetError, default_data_dir
 from datamodules.cifar10 import CIFAR10DataModule, find_cifar10
-from zoo._publish import evaluate, read_checkpoint
+from zoo.checkpoint import read_checkpoint
+from zoo.weights.measure import evaluate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = "resnet20.cifar10"
 STEPS = 100
 
@@ -29,11 +30,9 @@ def main() -> int:
         )
     os.environ.setdefault("WANDB_MODE", "offline")
     dm = CIFAR10DataModule(num_workers=1)
-    entry = zoo.get_pretrained(WEIGHTS)
-    print(
-        f"[1/3] {WEIGHTS}: sha256 verified, loading; manifest test accuracy {100 * entry['metrics']['test_acc']:.2f}%"
-    )
-    model = zoo.load_pretrained(WEIGHTS)
+    weights = zoo.get_weights(WEIGHTS)
+    print(f"[1/3] {WEIGHTS}: sha256 verified, loading; manifest test accuracy {100 * weights.metrics['test_acc']:.2f}%")
+    model = zoo.load_pretrained(weights)
     before = evaluate(model, dm, "test")["test_acc"]
     print(f"      measured now on the 10,000 test images: {100 * before:.2f}%")
 

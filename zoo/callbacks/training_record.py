@@ -1,0 +1,60 @@
+"""The training record kept in every checkpoint: wall time over resumed runs, hardware, precision."""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+__all__ = ["TrainingRecord", "hardware_string"]
+
+
+def hardware_string(accelerator: str = "cpu") -> str:
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+class TrainingRecord(L.Callback):
+    """Keeps, in every checkpoint, the training wall time summed over resumed runs, the hardware and precision,
+    so that published weights can state what they cost without anyone typing it."""
+
+    def __init__(self) -> None:
+        self.wall_time_s = 0.0
+        self.runs: list[dict] = []
+        self._start: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.monotonic()
+        accel = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
+        self.runs.append(
+            {
+                "hardware": hardware_string(accel),
+                "devices": trainer.world_size,
+                "precision": str(trainer.precision),
+                "torch": str(torch.__version__),
+                "start_epoch": trainer.current_epoch,
+            }
+        )
+
+    def _elapsed(self) -> float:
+        return self.wall_time_s + (time.monotonic() - self._start if self._start is not None else 0.0)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.wall_time_s, self._start = self._elapsed(), None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"wall_time_s": self._elapsed(), "runs": self.runs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.wall_time_s = float(state_dict.get("wall_time_s", 0.0))
+        self.runs = list(state_dict.get("runs", []))

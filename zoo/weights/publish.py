@@ -1,0 +1,117 @@
+"""Turn a finished run's Lightning checkpoint into published weights: a safetensors file of the net and a
+manifest entry whose metrics are measured here, on the test split, never typed by hand."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+from safetensors.torch import save_file
+
+from zoo.checkpoint import model_from_checkpoint, read_checkpoint
+from zoo.weights.manifest import Weights, read_manifest, write_manifest
+from zoo.weights.measure import build_datamodule, data_spec, evaluate
+from zoo.weights.store import checkpoint_dir, sha256_of
+
+__all__ = ["publish", "FP16_TOLERANCE"]
+
+FP16_TOLERANCE = 0.05  # points of the headline metric (Task.headline_metric) that fp16 storage may change
+LARGE_KWARG = 2000  # characters of JSON: model kwargs larger than this go to <name>.kwargs.json
+
+
+def publish(
+    ckpt_path: str | Path,
+    tag: str,
+    recipe: str,
+    data_dir: str | None = None,
+    out_dir: Path | None = None,
+    fp16_tolerance: float | None = FP16_TOLERANCE,
+) -> Weights:
+    """Write ``<arch>.<tag>.safetensors`` and its manifest entry; returns the entry.
+
+    The weights are stored in float16 when that changes the test accuracy by at most ``fp16_tolerance``
+    percentage points (a test loss, for language models, by at most ``fp16_tolerance / 100``; both measured
+    here; ``None`` keeps float32). The published metrics are always those of the stored weights."""
+    ckpt = read_checkpoint(ckpt_path)
+    hp = ckpt["hyper_parameters"]
+    arch = hp["arch"]
+    model = model_from_checkpoint(ckpt, ckpt_path).eval()
+    cls = type(model)
+    dm = build_datamodule(data_spec(ckpt), data_dir)
+    t0 = time.time()
+    val = evaluate(model, dm, "validate")
+    test = evaluate(model, dm, "test")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
+    key, scale = cls.headline_metric()
+    dtype, storage = "float32", {f"float32_{key}": test[key]}
+    if fp16_tolerance is not None:
+        half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        model.net.load_state_dict(half)  # copied into the fp32 parameters, as loading the published file does
+        val16, test16 = evaluate(model, dm, "validate"), evaluate(model, dm, "test")
+        storage[f"float16_{key}"] = test16[key]
+        storage["tolerance_points"] = fp16_tolerance
+        if abs(test16[key] - test[key]) * scale <= fp16_tolerance + 1e-9:
+            dtype, state, val, test = "float16", half, val16, test16
+    eval_s = time.time() - t0
+    out_dir = out_dir or checkpoint_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{arch}.{tag}"
+    file = out_dir / f"{name}.safetensors"
+    save_file(state, str(file), metadata={"model": arch, "name": name})
+    record = ckpt.get("callbacks", {}).get("TrainingRecord", {})
+    model_kwargs = {k: hp[k] for k in cls.weights_kwargs if hp.get(k) is not None}
+    large = {k: v for k, v in model_kwargs.items() if len(json.dumps(v)) > LARGE_KWARG}
+    side_file = {}
+    if large:  # vocabularies, tokenisers: beside the weights, so that the manifest stays readable
+        side = out_dir / f"{name}.kwargs.json"
+        side.write_text(json.dumps(large, ensure_ascii=False) + "\n", encoding="utf-8")
+        model_kwargs = {k: v for k, v in model_kwargs.items() if k not in large}
+        side_file = {"model_kwargs_file": {"file": side.name, "sha256": sha256_of(side), "keys": sorted(large)}}
+    dm_hp = ckpt.get("datamodule_hyper_parameters") or {}
+    split = ", ".join(f"{k}={dm_hp[k]}" for k in ("val_size", "val_fraction", "split_seed") if k in dm_hp)
+    entry = {
+        "file": file.name,
+        "sha256": sha256_of(file),
+        "model": arch,
+        "model_kwargs": model_kwargs,
+        **side_file,
+        "params": sum(p.numel() for p in model.net.parameters()),
+        "dtype": dtype,
+        "dtype_check": storage,
+        "classes": list(getattr(dm, "classes", [])),
+        "preprocessing": _preprocessing(dm),
+        "metrics": {
+            **{k: v for k, v in test.items() if k.startswith("test_")},
+            **{k: v for k, v in val.items() if k.startswith("val_")},
+        },
+        "evaluation": {
+            "test_split": "the dataset's official test split, measured once by `zoo publish`",
+            "val_split": f"held out of train by {type(dm).__name__} ({split}), used for model selection",
+            "checkpoint": {
+                "file": Path(ckpt_path).name,
+                "epoch": ckpt.get("epoch"),
+                "step": ckpt.get("global_step"),
+                "selected_on": f"{cls.monitor[0]} ({cls.monitor[1]})" if Path(ckpt_path).stem == "best" else "final",
+            },
+            "seeds": 1,
+            "command": f"zoo publish {ckpt_path} --tag {tag} --recipe {recipe}",
+            "eval_seconds": round(eval_s, 1),
+        },
+        "recipe": recipe,
+        "data": data_spec(ckpt),
+        "training": {
+            "wall_time_s": round(record.get("wall_time_s", 0.0), 1),
+            "steps": ckpt.get("global_step"),
+            "runs": record.get("runs", []),
+        },
+    }
+    weights = Weights.from_json(name, entry)
+    write_manifest({**read_manifest(out_dir), name: weights}, out_dir)
+    return weights
+
+
+def _preprocessing(dm: L.LightningDataModule) -> dict:
+    """How the image DataModules read an image for evaluation (their ``preprocessing``); nothing for text data."""
+    return dict(getattr(dm, "preprocessing", None) or {})
