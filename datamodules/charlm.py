@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules import DatasetError, default_data_dir
 from datamodules._base import SplitLoaders
-from datamodules.text import UNK, Vocab
-from datamodules.text import tokenizer as get_tokenizer
+from datamodules.contract import UNK
+from datamodules.contract import tokenizer as get_tokenizer
+from datamodules.text import Vocab
 
-__all__ = ["CharLMDataModule", "StreamBatches", "ResumableLoader"]
+__all__ = ["CharLMDataModule", "StreamBatches", "StreamLoader"]
 
 
 class StreamBatches(IterableDataset):
@@ -59,9 +60,12 @@ class StreamBatches(IterableDataset):
         self.position = 0
 
 
-class ResumableLoader(DataLoader):
+class StreamLoader(DataLoader):
     """A loader of :class:`StreamBatches` that Lightning saves in checkpoints and restores (it has
-    ``state_dict``): a run resumed mid-epoch continues at the next batch instead of replaying the epoch."""
+    ``state_dict``): a run resumed mid-epoch continues at the next batch instead of replaying the epoch.
+
+    Not ``datamodules._base.ResumableLoader``, which counts the batches it hands out and replays an epoch-seeded
+    sampler's order: a stream has no order to replay, it knows its own position (the state checkpoints keep)."""
 
     def state_dict(self) -> dict:
         return {"position": self.dataset.position}
@@ -145,4 +149,4 @@ class CharLMDataModule(SplitLoaders):
         rank, world = self._rank()
         batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size
         ds = StreamBatches(self.splits[split], batch_size, self.hparams.seq_len, rank, world)
-        return ResumableLoader(ds, batch_size=None)  # the dataset yields whole batches, in order
+        return StreamLoader(ds, batch_size=None)  # the dataset yields whole batches, in order

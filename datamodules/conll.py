@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from datamodules import DatasetError, default_data_dir
 from datamodules._base import SplitLoaders
+from datamodules.contract import MAX_WORD_LEN
 from datamodules.text import Vocab, bucket_loader
 
 __all__ = [
@@ -222,6 +223,7 @@ class CoNLLDataModule(TaggingDataModule):
     source_scheme, scheme: the files' chunk scheme (CoNLL-2003: IOB1) and the one to train in (BIO or BIOES); a
         non-chunk tag set (POS) passes through with ``scheme`` equal to ``source_scheme``.
     lowercase, min_freq: the word vocabulary (lowercased words seen ``min_freq`` times; the rest ``<unk>``).
+    max_word_len: characters read of each word (the tagger keeps the number, and reads raw text the same way).
     """
 
     licence = (  # of the default dataset; shown by `zoo info`
@@ -242,7 +244,7 @@ class CoNLLDataModule(TaggingDataModule):
         scheme: str = "BIOES",
         lowercase: bool = True,
         min_freq: int = 1,
-        max_word_len: int = 30,
+        max_word_len: int = MAX_WORD_LEN,
         batch_size: int = 32,
         eval_batch_size: int = 128,
         seed: int = 0,
@@ -295,7 +297,7 @@ class CoNLLUDataModule(TaggingDataModule):
         target: str = "upos",
         lowercase: bool = True,
         min_freq: int = 1,
-        max_word_len: int = 30,
+        max_word_len: int = MAX_WORD_LEN,
         batch_size: int = 32,
         eval_batch_size: int = 128,
         seed: int = 0,

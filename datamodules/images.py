@@ -21,10 +21,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -32,8 +31,9 @@ from torchvision.transforms.v2 import functional as F
 from datamodules import DatasetError
 from datamodules._augment import AUGMENT_ARGS, augmentation, check_augmentation, normalisation, sample_key, seeded
 from datamodules._base import SplitDataModule
+from datamodules.contract import IMAGE_MODES, open_image
 
-__all__ = ["ImageFolderDataModule", "ImageFiles", "IMAGE_EXTENSIONS", "find_splits", "scan_classes", "stratified_split"]
+__all__ = ["ImageFolderDataModule", "ImageFiles", "IMAGE_EXTENSIONS", "find_splits", "scan_classes", "split_per_class"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -119,13 +119,15 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
-def stratified_split(
+def split_per_class(
     per_class: Sequence[list[Path]], fractions: dict[str, float], seed: int
 ) -> dict[str, list[tuple[Path, int]]]:
     """Split each class's files by a seeded permutation into ``train`` and the splits in ``fractions``.
 
     Each split gets round(n * fraction) of a class's n images, but train always keeps at least one, so a class
-    too small for every split appears in train only (val first gets what is left, then test).
+    too small for every split appears in train only (val first gets what is left, then test). Its own
+    permutation (torch's generator), not ``text_classification.stratified_split``'s: each keeps the splits it
+    has drawn for runs and checkpoints already made.
     """
     g = torch.Generator().manual_seed(seed)
     out: dict[str, list[tuple[Path, int]]] = {"train": [], **{s: [] for s in fractions}}
@@ -142,7 +144,8 @@ def stratified_split(
 
 
 class ImageFiles(Dataset):
-    """(path, label) pairs decoded on access: EXIF orientation applied, converted to ``mode``, uint8 (C, H, W).
+    """(path, label) pairs decoded on access (``datamodules.contract.open_image``: EXIF orientation applied,
+    converted to ``mode``), uint8 (C, H, W).
 
     ``Image.verify`` at setup does not decode pixels, so a truncated JPEG can still fail here; with ``skip_bad``
     it is replaced by the next image (with a warning) rather than ending the run.
@@ -159,14 +162,7 @@ class ImageFiles(Dataset):
     def load(self, i: int) -> torch.Tensor:
         path = self.samples[i][0]
         try:
-            with Image.open(path) as im:
-                im.draft(self.mode, (self.size, self.size))  # JPEG: decode at 1/2..1/8 scale, still >= size
-                im = ImageOps.exif_transpose(im)  # phone photos store rotation in EXIF, not in the pixels
-                if im.mode == "P" and "transparency" in im.info:  # PIL warns on P -> RGB with transparency
-                    im = im.convert("RGBA")
-                if im.mode.startswith("I"):  # 16/32-bit (PNG, TIFF-like): PIL's convert would clip to white
-                    im = Image.fromarray((np.asarray(im, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8))
-                im = im.convert(self.mode)
+            im = open_image(path, self.mode, self.size)  # as a task's predict() reads a file
         except Exception as e:  # noqa: BLE001
             raise DatasetError(
                 f"{path} passed the check at setup but cannot be decoded ({type(e).__name__}: {e})"
@@ -264,7 +260,7 @@ class ImageFolderDataModule(SplitDataModule):
         if std is not None and min(std) <= 0:
             raise ValueError(f"std values must be > 0, got {list(std)}")
         self.root = Path(root).expanduser()
-        self.mode = "RGB" if channels == 3 else "L"
+        self.mode = IMAGE_MODES[channels]
         self._classes: list[str] | None = None
         self._splits: dict[str, list[tuple[Path, int]]] | None = None
         self.train_set = self.val_set = self.test_set = None
@@ -300,7 +296,7 @@ class ImageFolderDataModule(SplitDataModule):
         scanned = self._drop_bad(scanned)
         h = self.hparams
         carve = {s: f for s, f in (("val", h.val_fraction), ("test", h.test_fraction)) if s not in scanned}
-        splits = stratified_split([scanned[main][c] for c in classes], carve, h.split_seed)
+        splits = split_per_class([scanned[main][c] for c in classes], carve, h.split_seed)
         for split in ("val", "test"):
             if split in scanned:
                 splits[split] = [(p, y) for y, c in enumerate(classes) for p in scanned[split][c]]

@@ -1,45 +1,28 @@
-"""Text building blocks (no torchtext, which is unmaintained): tokenisers, ``Vocab``, padding collation with
-lengths, and a length-bucketing batch sampler that also works under DDP."""
+"""Text building blocks (no torchtext, which is unmaintained): ``Vocab``, padding collation with lengths, and a
+length-bucketing batch sampler that also works under DDP. The tokenisers and special tokens are the contract's
+(``datamodules.contract``: the tasks read raw text with them too), named here as well."""
 
 from __future__ import annotations
 
 import itertools
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 
 from datamodules._base import EpochShuffle, ResumableLoader, run_seed
+from datamodules.contract import PAD, TEXT_SPECIALS, TOKENIZERS, UNK, tokenizer
 
 __all__ = ["Vocab", "TOKENIZERS", "tokenizer", "pad_collate", "BucketBatchSampler", "bucket_loader", "PAD", "UNK"]
-
-PAD, UNK = "<pad>", "<unk>"
-
-
-def char_tokenize(text: str) -> list[str]:
-    return list(text)
-
-
-def whitespace_tokenize(text: str) -> list[str]:
-    return text.split()
-
-
-TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"char": char_tokenize, "whitespace": whitespace_tokenize}
-
-
-def tokenizer(name: str) -> Callable[[str], list[str]]:
-    if name not in TOKENIZERS:
-        raise ValueError(f"tokenizer must be one of {', '.join(TOKENIZERS)}; got {name!r}")
-    return TOKENIZERS[name]
 
 
 class Vocab:
     """Token <-> id. The specials come first (``<pad>`` = 0, ``<unk>`` = 1); unknown tokens map to ``<unk>``."""
 
-    def __init__(self, tokens: Sequence[str], specials: Sequence[str] = (PAD, UNK)) -> None:
+    def __init__(self, tokens: Sequence[str], specials: Sequence[str] = TEXT_SPECIALS) -> None:
         self.itos = list(specials) + [t for t in tokens if t not in specials]
         if len(set(self.itos)) != len(self.itos):
             raise ValueError("vocabulary tokens must be unique")
@@ -53,7 +36,7 @@ class Vocab:
         sequences: Iterable[Sequence[str]],
         min_freq: int = 1,
         max_size: int | None = None,
-        specials: Sequence[str] = (PAD, UNK),
+        specials: Sequence[str] = TEXT_SPECIALS,
     ) -> Vocab:
         """Most frequent first (ties alphabetical, so the order is deterministic); tokens seen fewer than
         ``min_freq`` times are left out; ``max_size`` counts the specials."""

@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader
 
 from datamodules import DatasetError
 from datamodules._base import SplitLoaders
+from datamodules.contract import PAD_ID
+from datamodules.contract import tokenizer as get_tokenizer
 from datamodules.text import Vocab, bucket_loader, pad_collate
-from datamodules.text import tokenizer as get_tokenizer
 
 __all__ = ["TextClassificationDataModule", "stratified_split"]
 
@@ -29,7 +30,9 @@ Example = tuple[str, str]  # (text, label)
 def stratified_split(
     examples: list[Example], val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, list[Example]]:
-    """Per class, a seeded shuffle cut into train/val/test by the fractions (at least one train example each)."""
+    """Per class, a seeded shuffle cut into train/val/test by the fractions (at least one train example each).
+    Python's ``random`` draws it, not torch as ``images.split_per_class``: each keeps the splits it has drawn
+    (the published weights' test splits among them)."""
     by_label: dict[str, list[Example]] = defaultdict(list)
     for ex in examples:
         by_label[ex[1]].append(ex)
@@ -181,7 +184,7 @@ class TextClassificationDataModule(SplitLoaders):
             h.batch_size if train else h.eval_batch_size,
             train,
             h.split_seed,
-            partial(pad_collate, pad_id=0),
+            partial(pad_collate, pad_id=PAD_ID),
             h.num_workers,
         )
 

@@ -11,7 +11,7 @@ Where the corpus comes from (``path``):
 Tokenisation (``tokenizer``), learned on the train split only:
 - ``word``: the regular expression ``WORD`` below (runs of letters/digits, with inner apostrophes and hyphens
   kept, or any single other non-space character), a vocabulary of the tokens seen ``min_freq`` times (others
-  become ``<unk>``); the model joins its output words by rule (``zoo.tasks.translation.detokenize``);
+  become ``<unk>``); the model joins its output words by rule (``zoo.tasks.text_codec.detokenize``);
 - ``bpe``: byte-pair encoding (Sennrich et al. 2016) with the ``tokenizers`` library, ``bpe_vocab_size`` symbols
   per language, spaces kept as the ``▁`` marker so decoding gives back the exact text.
 ``lowercase`` lowercases both sides first. Training pairs with a side longer than ``max_len`` tokens or an empty
@@ -29,7 +29,6 @@ from __future__ import annotations
 import gzip
 import random
 import re
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,12 +37,12 @@ from torch.utils.data import DataLoader
 
 from datamodules import DatasetError, default_data_dir
 from datamodules._base import SplitLoaders
-from datamodules.text import PAD, UNK, Vocab, bucket_loader
+from datamodules.contract import BOS, EOS, PAD_ID, UNK
+from datamodules.contract import SEQ2SEQ_SPECIALS as SPECIALS  # ids 0-3 on both sides
+from datamodules.text import Vocab, bucket_loader
 
 __all__ = ["TranslationDataModule", "WORD", "word_tokenize", "SPECIALS", "read_lines"]
 
-BOS, EOS = "<bos>", "<eos>"
-SPECIALS = (PAD, UNK, BOS, EOS)  # ids 0-3 on both sides
 WORD = r"\w+(?:['’-]\w+)*|[^\w\s]"
 _WORD = re.compile(WORD)
 
@@ -279,10 +278,10 @@ class TranslationDataModule(SplitLoaders):
         h, data = self.hparams, self.datasets[split]
         bs = h.batch_size if train else h.eval_batch_size
         lengths = [len(x) for x, _, _ in data]
-        return bucket_loader(data, lengths, bs, train, h.split_seed, partial(collate_pairs, pad_id=0), h.num_workers)
+        return bucket_loader(data, lengths, bs, train, h.split_seed, collate_pairs, h.num_workers)
 
 
-def collate_pairs(batch, pad_id: int = 0):
+def collate_pairs(batch, pad_id: int = PAD_ID):
     """``[(src ids, tgt ids, index), ...]`` to ``(src (B, S), src_lengths (B,), tgt (B, T), index (B,))``."""
     src = torch.nn.utils.rnn.pad_sequence([b[0] for b in batch], batch_first=True, padding_value=pad_id)
     tgt = torch.nn.utils.rnn.pad_sequence([b[1] for b in batch], batch_first=True, padding_value=pad_id)

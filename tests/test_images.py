@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from datamodules import DATAMODULES, DatasetError
-from datamodules.images import ImageFolderDataModule, stratified_split
+from datamodules.images import ImageFolderDataModule, split_per_class
 
 FAST = dict(num_workers=0, batch_size=4, eval_batch_size=8, image_size=8)
 NO_AUG = dict(hflip=0.0, crop_padding=0)
@@ -116,7 +116,7 @@ def test_small_class_stays_in_train_with_warning(tmp_path):
 )
 def test_stratified_split_keeps_one_train_image(n, fractions, sizes):
     files = [Path(f"{i}.png") for i in range(n)]
-    out = stratified_split([files], dict(zip(("val", "test"), fractions)), seed=0)
+    out = split_per_class([files], dict(zip(("val", "test"), fractions)), seed=0)
     assert (len(out["train"]), len(out["val"]), len(out["test"])) == sizes
     assert sorted(p for split in out.values() for p, _ in split) == files
 

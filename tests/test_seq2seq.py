@@ -16,8 +16,9 @@ from lightning.pytorch.loggers import CSVLogger
 import zoo
 from datamodules import DatasetError
 from datamodules.translation import TranslationDataModule, word_tokenize
-from zoo.nets.seq2seq import Seq2SeqNet, length_penalty
-from zoo.tasks.translation import detokenize
+from zoo.nets.decoding import length_penalty
+from zoo.nets.seq2seq import Seq2SeqNet
+from zoo.tasks.text_codec import detokenize
 
 S2S_MODELS = zoo.list_models(task="seq2seq")
 VARIANTS = [  # (cell, attention, input_feeding, bidirectional)
@@ -238,7 +239,7 @@ def test_empty_sides_and_long_pairs_are_left_out_and_counted(tmp_path, caplog):
 def test_bpe_round_trips_exactly(toy_tsv):
     dm = toy_dm(toy_tsv, tokenizer="bpe", bpe_vocab_size=60)
     dm.setup("fit")
-    from zoo.tasks.translation import TextCodec
+    from zoo.tasks.text_codec import TextCodec
 
     codec = TextCodec(dm.tgt_spec)
     for ref in dm.references["test"][:10]:

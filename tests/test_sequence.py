@@ -120,8 +120,8 @@ def test_published_sequence_weights_work_alone(names_dir, tmp_path, monkeypatch)
     assert ckpt["datamodule_hyper_parameters"]["data_dir"] == str(names_dir)
     monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))
     entry = publish(tmp_path / "last.ckpt", "fixture", "configs/gru_classifier.names.yaml", data_dir=str(names_dir))
-    assert entry["model_kwargs"]["vocab"] == model.hparams.vocab and entry["data"]["init_args"]["val_fraction"] == 0.2
-    assert "test_f1" in entry["metrics"]
+    assert entry.kwargs["vocab"] == model.hparams.vocab and entry.data["init_args"]["val_fraction"] == 0.2
+    assert "test_f1" in entry.metrics
     loaded = zoo.load_pretrained("gru_classifier.fixture")
     assert loaded.predict("Tanaka")[0][0][0] == model.eval().predict("Tanaka")[0][0][0]
 

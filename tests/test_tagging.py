@@ -10,8 +10,17 @@ from conftest import run_train
 
 import zoo
 from datamodules import DatasetError
-from datamodules.conll import CoNLLDataModule, CoNLLUDataModule, convert_scheme, read_columns, read_conllu
-from zoo.tasks.tagging import CASES, SpanF1, casing, char_classes, chunks
+from datamodules.conll import (
+    CoNLLDataModule,
+    CoNLLUDataModule,
+    collate_tagged,
+    convert_scheme,
+    read_columns,
+    read_conllu,
+)
+from datamodules.contract import MAX_WORD_LEN
+from zoo.nets.casing import CASES, casing, char_classes
+from zoo.tasks.spans import SpanF1, chunks
 
 TAGGERS = zoo.list_models(task="tagging")
 PEOPLE = ["Peter", "Maria", "John", "Angela"]
@@ -231,7 +240,7 @@ def test_published_tagger_works_alone(conll_dir, tmp_path, monkeypatch):
     t.save_checkpoint(tmp_path / "last.ckpt")
     monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))
     entry = publish(tmp_path / "last.ckpt", "toy", "configs/bilstm_crf.conll2003.yaml")
-    assert {"test_f1", "test_f1_PER", "val_f1", "test_acc"} <= set(entry["metrics"])
+    assert {"test_f1", "test_f1_PER", "val_f1", "test_acc"} <= set(entry.metrics)
     loaded = zoo.load_pretrained("bilstm_crf.toy")
     assert (
         loaded.tag("John Smith visited London .")["spans"] == model.eval().tag("John Smith visited London .")["spans"]
@@ -247,6 +256,40 @@ def test_word_dropout_replaces_words_in_training_only():
     for mode in (True, False):
         net.train(mode)(words, chars, torch.ones_like(words), torch.full((4,), 20))
     assert 0.3 < float((seen[0] == 1).float().mean()) < 0.7 and torch.equal(seen[1], words)
+
+
+def test_raw_words_are_cut_where_the_data_cut_them(conll_dir, tmp_path):
+    """A tagger trained on words cut at the DataModule's max_word_len reads raw text cut there too (not at the
+    default 30): tag() feeds the net what the DataModule's encoding of the same sentence gives. The number is kept in
+    checkpoints; a checkpoint from before it was kept reads words at the default."""
+    from zoo.checkpoint import load_checkpoint, read_checkpoint
+
+    L.seed_everything(0)
+    model, dm = small(), CoNLLDataModule(str(conll_dir), max_word_len=5)
+    t = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    t.fit(model, dm)
+    assert model.hparams.max_word_len == 5
+    seen = []
+    model.register_forward_hook(lambda module, args, out: seen.append(args))  # (words, chars, lengths)
+    words = read_columns(conll_dir / "dev.txt")[0][0]  # "<name> <surname> visited <place> ."
+    assert max(map(len, words)) > 5
+    tagged = model.tag([words])[0]
+    expected = collate_tagged([dm.datasets["val"][0]])  # (words, chars, lengths, tags) as the data encodes them
+    got_words, got_chars, got_lengths = seen[0]
+    assert got_chars.shape[-1] == 5
+    assert torch.equal(got_words.cpu(), expected[0]) and torch.equal(got_chars.cpu(), expected[1])
+    assert torch.equal(got_lengths, expected[2])
+    with torch.no_grad():
+        emissions = model.eval()(*expected[:3])
+    decoded = model.net.decode(emissions, expected[2])[0].tolist()
+    assert tagged["tags"] == [model.hparams.tags[i] for i in decoded[: len(words)]]
+    t.save_checkpoint(tmp_path / "cut.ckpt")
+    ckpt = read_checkpoint(tmp_path / "cut.ckpt")
+    assert ckpt["hyper_parameters"]["max_word_len"] == 5
+    assert load_checkpoint(tmp_path / "cut.ckpt").hparams.max_word_len == 5
+    del ckpt["hyper_parameters"]["max_word_len"]
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    assert load_checkpoint(tmp_path / "old.ckpt").hparams.max_word_len == MAX_WORD_LEN == 30
 
 
 def test_pretrained_word_vectors_from_a_file(conll_dir, tmp_path):

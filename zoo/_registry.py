@@ -46,9 +46,9 @@ class ModelEntry:
 
     @property
     def summary(self) -> str:
-        """The first line of the builder's docstring (what ``zoo info`` shows as the architecture)."""
-        doc = (self.builder.__doc__ or "").strip().splitlines()
-        return doc[0] if doc else self.name
+        """The first paragraph of the builder's docstring (what ``zoo info`` shows as the architecture)."""
+        paragraph = (self.builder.__doc__ or "").strip().split("\n\n")[0]
+        return " ".join(line.strip() for line in paragraph.splitlines()) or self.name
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

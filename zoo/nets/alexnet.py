@@ -76,4 +76,6 @@ class AlexNet(ClassifierNet):
 
 @register_model(task="image")
 def alexnet(**kwargs) -> AlexNet:
+    """AlexNet (Krizhevsky et al. 2012): five convolutions with LRN, two hidden layers with dropout; CIFAR stem
+    by default."""
     return AlexNet(**kwargs)

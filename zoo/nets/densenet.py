@@ -150,15 +150,19 @@ def _densenet_bc_cifar(depth: int, growth_rate: int, **kwargs) -> DenseNet:
 # Huang et al. 2017, Table 2 (CIFAR) and Table 1 (ImageNet).
 @register_model(task="image")
 def densenet_bc_100_12(**kwargs) -> DenseNet:
+    """DenseNet-BC for CIFAR, depth 100, growth rate 12: bottleneck layers and compression 0.5 (Huang et al. 2017)."""
     return _densenet_bc_cifar(100, 12, **kwargs)
 
 
 @register_model(task="image")
 def densenet_bc_250_24(**kwargs) -> DenseNet:
+    """DenseNet-BC for CIFAR, depth 250, growth rate 24 (Huang et al. 2017, Table 2)."""
     return _densenet_bc_cifar(250, 24, **kwargs)
 
 
 @register_model(task="image")
 def densenet121(**kwargs) -> DenseNet:
+    """DenseNet-121: dense blocks [6, 12, 24, 16], growth rate 32 (Huang et al. 2017, Table 1); CIFAR stem by
+    default."""
     kwargs.setdefault("num_init_features", 64)
     return DenseNet(growth_rate=32, block_config=(6, 12, 24, 16), **kwargs)

@@ -99,4 +99,5 @@ class GoogLeNet(ClassifierNet):
 
 @register_model(task="image")
 def googlenet(**kwargs) -> GoogLeNet:
+    """GoogLeNet (Inception v1): nine inception modules, without the auxiliary classifiers (Szegedy et al. 2015)."""
     return GoogLeNet(**kwargs)

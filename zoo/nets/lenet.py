@@ -55,4 +55,5 @@ class LeNet5(ClassifierNet):
 
 @register_model(task="image")
 def lenet5(**kwargs) -> LeNet5:
+    """LeNet-5 (LeCun et al. 1998) for colour images: two 5x5 convolutions with max-pooling, 120-84-head, ReLU."""
     return LeNet5(**kwargs)

@@ -321,11 +321,14 @@ def rnn_classifier(*, vocab_size: int, num_classes: int, **kwargs) -> RecurrentC
 
 @register_model(task="sequence")
 def lstm_classifier(*, vocab_size: int, num_classes: int, **kwargs) -> RecurrentClassifier:
+    """LSTM sequence classifier: embeddings, a (bi)LSTM, pooled states, a linear head (Hochreiter & Schmidhuber
+    1997)."""
     return _classifier("lstm", vocab_size, num_classes, **kwargs)
 
 
 @register_model(task="sequence")
 def gru_classifier(*, vocab_size: int, num_classes: int, **kwargs) -> RecurrentClassifier:
+    """GRU sequence classifier: embeddings, a (bi)GRU, pooled states, a linear head (Cho et al. 2014)."""
     return _classifier("gru", vocab_size, num_classes, **kwargs)
 
 
@@ -335,14 +338,17 @@ def _lm(cell: str, vocab_size: int, **kwargs) -> RecurrentLM:
 
 @register_model(task="language_model")
 def rnn_lm(*, vocab_size: int, **kwargs) -> RecurrentLM:
+    """Elman RNN language model: embeddings, a tanh RNN, a softmax over the next token."""
     return _lm("rnn", vocab_size, **kwargs)
 
 
 @register_model(task="language_model")
 def lstm_lm(*, vocab_size: int, **kwargs) -> RecurrentLM:
+    """LSTM language model: embeddings, an LSTM, a softmax over the next token (as Zaremba et al. 2014)."""
     return _lm("lstm", vocab_size, **kwargs)
 
 
 @register_model(task="language_model")
 def gru_lm(*, vocab_size: int, **kwargs) -> RecurrentLM:
+    """GRU language model: embeddings, a GRU, a softmax over the next token."""
     return _lm("gru", vocab_size, **kwargs)

@@ -218,46 +218,56 @@ def _init(net: nn.Module, zero_init_residual: bool) -> None:
 # Depths from He et al. 2016, Table 6.
 @register_model(task="image")
 def resnet20(**kwargs) -> CifarResNet:
+    """ResNet-20 for CIFAR: 3 stages of 3 basic blocks, 16-32-64 channels, option-A shortcuts (He et al. 2016, Sec.
+    4.2)."""
     return CifarResNet(depth=20, **kwargs)
 
 
 @register_model(task="image")
 def resnet32(**kwargs) -> CifarResNet:
+    """ResNet-32 for CIFAR: 3 stages of 5 basic blocks, 16-32-64 channels (He et al. 2016, Sec. 4.2)."""
     return CifarResNet(depth=32, **kwargs)
 
 
 @register_model(task="image")
 def resnet44(**kwargs) -> CifarResNet:
+    """ResNet-44 for CIFAR: 3 stages of 7 basic blocks, 16-32-64 channels (He et al. 2016, Sec. 4.2)."""
     return CifarResNet(depth=44, **kwargs)
 
 
 @register_model(task="image")
 def resnet56(**kwargs) -> CifarResNet:
+    """ResNet-56 for CIFAR: 3 stages of 9 basic blocks, 16-32-64 channels (He et al. 2016, Sec. 4.2)."""
     return CifarResNet(depth=56, **kwargs)
 
 
 @register_model(task="image")
 def resnet110(**kwargs) -> CifarResNet:
+    """ResNet-110 for CIFAR: 3 stages of 18 basic blocks, 16-32-64 channels (He et al. 2016, Sec. 4.2)."""
     return CifarResNet(depth=110, **kwargs)
 
 
 # Stage depths from He et al. 2016, Table 1.
 @register_model(task="image")
 def resnet18(**kwargs) -> ResNet:
+    """ResNet-18: basic blocks [2, 2, 2, 2], 64-512 channels (He et al. 2016, Table 1); CIFAR stem by default."""
     return ResNet(block=BasicBlock, layers=(2, 2, 2, 2), **kwargs)
 
 
 @register_model(task="image")
 def resnet34(**kwargs) -> ResNet:
+    """ResNet-34: basic blocks [3, 4, 6, 3], 64-512 channels (He et al. 2016, Table 1); CIFAR stem by default."""
     return ResNet(block=BasicBlock, layers=(3, 4, 6, 3), **kwargs)
 
 
 @register_model(task="image")
 def resnet50(**kwargs) -> ResNet:
+    """ResNet-50: bottleneck blocks [3, 4, 6, 3], 256-2048 channels (He et al. 2016, Table 1); CIFAR stem by default."""
     return ResNet(block=Bottleneck, layers=(3, 4, 6, 3), **kwargs)
 
 
 # He et al. 2016b, Table 1 lists pre-activation ResNets; the 18-layer layout is ResNet-18's (Table 1 of 2016a).
 @register_model(task="image")
 def preact_resnet18(**kwargs) -> ResNet:
+    """Pre-activation ResNet-18: BN-ReLU before each convolution (He et al. 2016, "Identity Mappings")."""
     return ResNet(block=PreActBlock, layers=(2, 2, 2, 2), **kwargs)

@@ -1,4 +1,4 @@
-"""Encoder-decoder with attention, and its decoding: greedy and batched beam search.
+"""Encoder-decoder with attention (its decoding is ``zoo.nets.decoding``).
 
 The encoder is :class:`~zoo.nets.recurrent.RecurrentEncoder` (any cell, bidirectional, packed input). Its final
 states, one per layer, are joined across directions and mapped by ``tanh(Linear)`` to the decoder's initial
@@ -18,12 +18,7 @@ decoder then runs one step at a time. Without it (the default) the whole target 
 recurrent kernels in one call during training. ``tie_embeddings`` shares the target embedding and the output
 matrix (Press & Wolf 2017; needs ``embed_dim == hidden_size``).
 
-Decoding (``greedy``, ``beam_search``) is batched over sentences and runs on the model's device. The beam search
-keeps ``beam`` hypotheses per sentence; a hypothesis that emits EOS is finished and keeps its place (its score
-frozen) until ``beam`` better ones push it out; a sentence is done when all its hypotheses are finished, or at its
-length limit ``max_len_a * source_length + max_len_b`` (EOS is forced there). Hypotheses are ranked by
-``log p(y|x) / lp(y)`` with GNMT's length penalty ``lp(y) = ((5 + |y|) / 6) ** alpha`` (Wu et al. 2016; ``|y|``
-counts the EOS), ``alpha = 0`` being plain log-probability.
+Decoding (``greedy``, ``beam_search``: greedy and batched beam search) is in ``zoo.nets.decoding``.
 """
 
 from __future__ import annotations
@@ -34,9 +29,11 @@ import torch
 import torch.nn as nn
 
 from zoo._registry import register_model
+from zoo.nets import decoding
+from zoo.nets.decoding import Hypothesis
 from zoo.nets.recurrent import CELLS, RecurrentEncoder, _choice
 
-__all__ = ["Attention", "Seq2SeqNet", "Hypothesis", "ATTENTIONS", "length_penalty"]
+__all__ = ["Attention", "Seq2SeqNet", "ATTENTIONS"]
 
 ATTENTIONS = ("none", "dot", "general", "additive")
 
@@ -89,29 +86,6 @@ class Memory:
     def select(self, index: torch.Tensor) -> Memory:
         pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
         return Memory(pick(self.outputs), pick(self.keys), pick(self.mask), pick(self.summary))
-
-
-@dataclass
-class Hypothesis:
-    """One output sentence: token ids (EOS left out), ``score`` = log-probability / length penalty (the ranking
-    score), ``log_prob`` the raw sum, ``attention`` (len(tokens) + 1, source length) including the EOS step
-    (``None`` without attention)."""
-
-    tokens: list[int]
-    score: float
-    log_prob: float
-    attention: torch.Tensor | None
-
-
-def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
-    """GNMT's ``((5 + |y|) / 6) ** alpha`` (Wu et al. 2016, eq. 14)."""
-    return ((5.0 + length.float()) / 6.0) ** alpha
-
-
-def _select_state(state, index: torch.Tensor, dim: int = 1):
-    if isinstance(state, tuple):
-        return tuple(s.index_select(dim, index) for s in state)
-    return state.index_select(dim, index)
 
 
 class Seq2SeqNet(nn.Module):
@@ -271,51 +245,13 @@ class Seq2SeqNet(nn.Module):
             weights.append(w)
         return torch.cat(logits, 1), None if self.attention is None else torch.cat(weights, 1)
 
-    # -- decoding ---------------------------------------------------------------------------------------------
-    def _limits(self, src_lengths: torch.Tensor, max_len_a: float, max_len_b: int) -> torch.Tensor:
-        return (max_len_a * src_lengths.float() + max_len_b).long().clamp(min=1).to(self.out.weight.device)
-
-    def _step_log_probs(self, tokens, state, feed, memory, at_limit: torch.Tensor):
-        """One decoder step for ``tokens`` (N,): log-probabilities (N, V) in fp32, with only EOS left where the
-        sentence is ``at_limit`` (N,). PAD and BOS are never output."""
-        logits, state, feed, w = self._run(tokens[:, None], state, feed, memory)
-        logits = logits[:, 0].float()
-        logits[:, [self.pad_id, self.bos_id]] = float("-inf")
-        lp = logits.log_softmax(-1)
-        eos_only = torch.full_like(lp[0], float("-inf"))
-        eos_only[self.eos_id] = 0.0
-        lp = torch.where(at_limit[:, None], eos_only, lp)
-        return lp, state, feed, None if w is None else w[:, 0]
-
-    @torch.no_grad()
+    # -- decoding (zoo.nets.decoding) -------------------------------------------------------------------------
     def greedy(
         self, src: torch.Tensor, src_lengths: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10, alpha=0.0
     ) -> list[Hypothesis]:
         """The most likely token at each step, for a batch of sources; stops each sentence at its EOS."""
-        memory, state = self.encode(src, src_lengths)
-        B, limit = src.shape[0], self._limits(src_lengths, max_len_a, max_len_b)
-        feed, tokens = self._feed0(memory), torch.full((B,), self.bos_id, device=src.device)
-        done = torch.zeros(B, dtype=torch.bool, device=src.device)
-        log_prob, length = torch.zeros(B, device=src.device), torch.zeros(B, dtype=torch.long, device=src.device)
-        out, attn = [], []
-        for t in range(int(limit.max())):
-            lp, state, feed, w = self._step_log_probs(tokens, state, feed, memory, t + 1 >= limit)
-            best, tokens = lp.max(-1)
-            log_prob += torch.where(done, 0.0, best)
-            length += (~done).long()
-            out.append(tokens)
-            attn.append(w)
-            done |= tokens == self.eos_id
-            if done.all():
-                break
-        seqs = torch.stack(out, 1)
-        weights = torch.stack(attn, 1) if self.attention is not None else None
-        scores = log_prob / length_penalty(length, alpha)
-        return [
-            self._hypothesis(seqs[i], float(scores[i]), float(log_prob[i]), weights, i, src_lengths) for i in range(B)
-        ]
+        return decoding.greedy(self, src, src_lengths, max_len_a, max_len_b, alpha)
 
-    @torch.no_grad()
     def beam_search(
         self,
         src: torch.Tensor,
@@ -327,80 +263,8 @@ class Seq2SeqNet(nn.Module):
         nbest: int = 1,
     ) -> list[list[Hypothesis]]:
         """The ``nbest`` best hypotheses of each source (best first), by a beam search of width ``beam`` run for
-        the whole batch at once (see the module docstring)."""
-        if beam < 1 or not 1 <= nbest <= beam or alpha < 0:
-            raise ValueError(f"need beam >= 1, 1 <= nbest <= beam, alpha >= 0; got {beam}, {nbest}, {alpha}")
-        B, K, V, dev = src.shape[0], beam, self.tgt_vocab_size, src.device
-        memory, state = self.encode(src, src_lengths)
-        rows = torch.arange(B, device=dev).repeat_interleave(K)  # hypothesis b*K+k belongs to sentence b
-        memory, state = memory.select(rows), _select_state(state, rows)
-        limit = self._limits(src_lengths, max_len_a, max_len_b)
-        feed, tokens = self._feed0(memory), torch.full((B * K,), self.bos_id, device=dev)
-        log_prob = torch.full((B, K), float("-inf"), device=dev)
-        log_prob[:, 0] = 0.0  # one live hypothesis to start with
-        finished = torch.zeros(B, K, dtype=torch.bool, device=dev)
-        length = torch.zeros(B, K, dtype=torch.long, device=dev)
-        frozen = torch.full((V,), float("-inf"), device=dev)
-        frozen[self.pad_id] = 0.0  # a finished hypothesis extends only by padding, at no cost
-        steps = []  # per step: (token, origin slot, attention row) of each new hypothesis slot; traced back at the end
-        for t in range(int(limit.max())):
-            at_limit = (t + 1 >= limit).repeat_interleave(K)
-            lp, state, feed, w = self._step_log_probs(tokens, state, feed, memory, at_limit)
-            lp = torch.where(finished.view(-1, 1), frozen, lp).view(B, K, V)
-            cand = log_prob[..., None] + lp  # (B, K, V)
-            new_len = torch.where(finished, length, t + 1)
-            ranked = (cand / length_penalty(new_len, alpha)[..., None]).view(B, K * V)
-            _, idx = ranked.topk(K, dim=1)  # (B, K): the best K continuations of each sentence
-            origin, token = idx // V, idx % V
-            log_prob = cand.view(B, K * V).gather(1, idx)
-            length = new_len.gather(1, origin)
-            finished = finished.gather(1, origin) | (token == self.eos_id)
-            flat = (origin + torch.arange(B, device=dev)[:, None] * K).view(-1)
-            state = _select_state(state, flat)
-            feed = None if feed is None else feed.index_select(0, flat)
-            if w is not None:  # the attention that produced each new token is its parent's
-                w = w.view(B, K, -1)
-                w = w.gather(1, origin[..., None].expand_as(w))
-            steps.append((token, origin, w))
-            tokens = token.view(-1)
-            if finished.all():
-                break
-        history, attn = self._trace(steps, B, K)
-        scores = log_prob / length_penalty(length, alpha)
-        order = scores.argsort(dim=1, descending=True, stable=True)
-        results = []
-        for b in range(B):
-            hyps = []
-            for k in order[b, :nbest].tolist():
-                a = attn[b] if attn is not None else None
-                hyps.append(
-                    self._hypothesis(history[b, k], float(scores[b, k]), float(log_prob[b, k]), a, k, src_lengths[b])
-                )
-            results.append(hyps)
-        return results
-
-    @staticmethod
-    def _trace(steps: list, B: int, K: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Follow the back-pointers from the final slots: tokens (B, K, T) and attention (B, K, T, S) or None."""
-        slot = torch.arange(K, device=steps[0][0].device).expand(B, K)
-        tokens, weights = [], []
-        for token, origin, w in reversed(steps):
-            tokens.append(token.gather(1, slot))
-            if w is not None:
-                weights.append(w.gather(1, slot[..., None].expand(-1, -1, w.shape[-1])))
-            slot = origin.gather(1, slot)
-        attn = torch.stack(weights[::-1], 2) if weights else None
-        return torch.stack(tokens[::-1], 2), attn
-
-    def _hypothesis(self, seq, score, log_prob, weights, i, src_length) -> Hypothesis:
-        """Cut ``seq`` at its EOS; the attention rows of its steps (EOS included), columns of its real source."""
-        seq = seq.tolist()
-        n = seq.index(self.eos_id) if self.eos_id in seq else len(seq)
-        a = None
-        if weights is not None:
-            s = int(src_length[i] if src_length.dim() else src_length)
-            a = weights[i, : min(n + 1, len(seq)), :s].float().cpu()
-        return Hypothesis(seq[:n], score, log_prob, a)
+        the whole batch at once (see ``zoo.nets.decoding``)."""
+        return decoding.beam_search(self, src, src_lengths, beam, alpha, max_len_a, max_len_b, nbest)
 
 
 # -- registered models ------------------------------------------------------------------------------------------
@@ -412,6 +276,7 @@ def seq2seq_gru_attn(*, src_vocab_size: int, tgt_vocab_size: int, **kwargs) -> S
 
 @register_model(task="seq2seq")
 def seq2seq_lstm_attn(*, src_vocab_size: int, tgt_vocab_size: int, **kwargs) -> Seq2SeqNet:
+    """LSTM encoder-decoder with Luong attention (Luong et al. 2015; ``general`` scores by default)."""
     return Seq2SeqNet(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, **{"cell": "lstm", **kwargs})
 
 

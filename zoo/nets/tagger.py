@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from zoo._registry import register_model
+from zoo.nets.casing import CASES
 from zoo.nets.crf import CRF, scheme_constraints
 from zoo.nets.recurrent import CELLS, RecurrentEncoder, _choice
 
@@ -64,7 +65,8 @@ class SequenceTagger(nn.Module):
     """Args:
     num_words, num_chars, num_tags: vocabulary and tag-set sizes (0 = padding in words and chars).
     cell: ``lstm``, ``gru`` or ``rnn`` for the bidirectional encoder; ``hidden_size`` per direction.
-    word_dim, char_dim, char_hidden, char_encoder, casing_dim (0: no casing feature; ``num_casings`` values).
+    word_dim, char_dim, char_hidden, char_encoder, casing_dim (0: no casing feature; ``num_casings`` values, the
+        ``CASES`` of ``zoo.nets.casing`` that the ``casing`` input indexes).
     dropout: on the word representation and on the encoder output (Lample et al. use 0.5).
     word_dropout: in training, the share of words replaced by ``<unk>`` (id 1), so that the ``<unk>`` embedding
         learns what rare words look like and the characters carry them (Lample et al. 2016, section 4).
@@ -85,7 +87,7 @@ class SequenceTagger(nn.Module):
         char_hidden: int = 25,
         char_encoder: str = "lstm",
         casing_dim: int = 8,
-        num_casings: int = 7,
+        num_casings: int = len(CASES),
         hidden_size: int = 200,
         num_layers: int = 1,
         dropout: float = 0.5,
@@ -173,6 +175,7 @@ def bilstm_crf(*, num_words: int, num_chars: int, num_tags: int, **kwargs) -> Se
 
 @register_model(task="tagging")
 def bigru_crf(*, num_words: int, num_chars: int, num_tags: int, **kwargs) -> SequenceTagger:
+    """BiGRU-CRF: the BiLSTM-CRF with a bidirectional GRU over the words (characters: an LSTM by default)."""
     return _tagger({"cell": "gru", "output": "crf"}, num_words, num_chars, num_tags, kwargs)
 
 

@@ -89,39 +89,47 @@ class VGG(ClassifierNet):
 
 @register_model(task="image")
 def vgg11(**kwargs) -> VGG:
+    """VGG-11 (configuration A of Simonyan & Zisserman 2015, Table 1), without batch norm."""
     return VGG(depth=11, **kwargs)
 
 
 @register_model(task="image")
 def vgg13(**kwargs) -> VGG:
+    """VGG-13 (configuration B of Simonyan & Zisserman 2015, Table 1), without batch norm."""
     return VGG(depth=13, **kwargs)
 
 
 @register_model(task="image")
 def vgg16(**kwargs) -> VGG:
+    """VGG-16 (configuration D of Simonyan & Zisserman 2015, Table 1), without batch norm."""
     return VGG(depth=16, **kwargs)
 
 
 @register_model(task="image")
 def vgg19(**kwargs) -> VGG:
+    """VGG-19 (configuration E of Simonyan & Zisserman 2015, Table 1), without batch norm."""
     return VGG(depth=19, **kwargs)
 
 
 @register_model(task="image")
 def vgg11_bn(**kwargs) -> VGG:
+    """VGG-11 (configuration A of Simonyan & Zisserman 2015) with batch norm after each convolution."""
     return VGG(depth=11, batch_norm=True, **kwargs)
 
 
 @register_model(task="image")
 def vgg13_bn(**kwargs) -> VGG:
+    """VGG-13 (configuration B of Simonyan & Zisserman 2015) with batch norm after each convolution."""
     return VGG(depth=13, batch_norm=True, **kwargs)
 
 
 @register_model(task="image")
 def vgg16_bn(**kwargs) -> VGG:
+    """VGG-16 (configuration D of Simonyan & Zisserman 2015) with batch norm after each convolution."""
     return VGG(depth=16, batch_norm=True, **kwargs)
 
 
 @register_model(task="image")
 def vgg19_bn(**kwargs) -> VGG:
+    """VGG-19 (configuration E of Simonyan & Zisserman 2015) with batch norm after each convolution."""
     return VGG(depth=19, batch_norm=True, **kwargs)

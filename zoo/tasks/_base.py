@@ -200,6 +200,12 @@ class Task(L.LightningModule):
         finally:
             self.train(was_training)
 
+    @property
+    def datamodule(self) -> object | None:
+        """The trainer's DataModule, which ``setup`` reads as ``datamodules.contract`` says; None without a trainer
+        or when the trainer was given loaders instead."""
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
     def adopt(self, **values) -> None:
         """Set hyperparameters taken from the DataModule at ``setup`` (its tokenizer ...). They go into the initial
         hyperparameters too: Lightning merges those with the DataModule's when a logger records them, and a key
@@ -208,7 +214,7 @@ class Task(L.LightningModule):
         self._hparams_initial.update(values)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self.datamodule
         if dm is not None:
             checkpoint["datamodule_class_path"] = f"{type(dm).__module__}.{type(dm).__qualname__}"
 

@@ -1,16 +1,15 @@
 """What the text tasks share: their vocabulary and tokeniser travel in the hyperparameters, so a model alone
-reads raw strings, and data encoded with another vocabulary is refused."""
+reads raw strings (with the tokenisers of ``datamodules.contract``, the DataModules' own), and data encoded with
+another vocabulary is refused."""
 
 from __future__ import annotations
 
 import torch
 
+from datamodules.contract import TOKENIZERS, UNK, settings
 from zoo.tasks._base import Task
 
-__all__ = ["TextTask", "TOKENIZE"]
-
-# The DataModules' tokenisers (datamodules.text), repeated here so that a model alone can read raw strings.
-TOKENIZE = {"char": list, "whitespace": str.split}
+__all__ = ["TextTask"]
 
 
 class TextTask(Task):
@@ -22,8 +21,8 @@ class TextTask(Task):
     def encode(self, text: str) -> torch.Tensor:
         """Token ids of a raw string with the model's own tokeniser and vocabulary (unknown tokens -> ``<unk>``)."""
         h = self.hparams
-        unk = self.stoi.get("<unk>", 0)
-        tokens = TOKENIZE[h.tokenizer](text.lower() if h.get("lowercase") else text)
+        unk = self.stoi.get(UNK, 0)
+        tokens = TOKENIZERS[h.tokenizer](text.lower() if h.get("lowercase") else text)
         return torch.tensor([self.stoi.get(t, unk) for t in tokens] or [unk], dtype=torch.long)
 
     @staticmethod
@@ -33,7 +32,7 @@ class TextTask(Task):
     def check_text_settings(self, dm) -> None:
         """Refuse data read with another tokeniser or case than the model's: its tokens would not be the
         model's (and fine-tuning could not map them onto the weights' vocabulary)."""
-        theirs = getattr(dm, "hparams", {})
+        theirs = settings(dm)
         for key in ("tokenizer", "lowercase"):
             if theirs.get(key) is not None and key in self.hparams and theirs[key] != self.hparams[key]:
                 raise ValueError(

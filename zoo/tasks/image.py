@@ -7,21 +7,20 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms.v2 import functional as TF
 
+from datamodules.contract import Labelled, Preprocessed, image_mode, open_image, settings, upright
 from zoo._registry import get_entry
 from zoo.tasks._base import Task
 
 __all__ = ["ImageClassifier"]
 
 PREDICT_BATCH = 256  # images per forward pass in predict(): bounds memory for a long list of files
-PIL_MODES = {3: "RGB", 1: "L"}  # what files and PIL images are converted to, by the model's in_chans
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
 
@@ -119,9 +118,10 @@ class ImageClassifier(Task):
 
     def setup(self, stage: str) -> None:
         """Refuse data the net cannot fit: another number of classes or of image channels than it was built for.
-        (The DataModule's ``setup`` has run; any DataModule with ``classes`` / ``hparams.channels`` is checked.)"""
-        dm = getattr(self.trainer, "datamodule", None)
-        classes = getattr(dm, "classes", None)
+        (The DataModule's ``setup`` has run; what is read of it is ``datamodules.contract.ImageData``, each part
+        optional.)"""
+        dm = self.datamodule
+        classes = dm.classes if isinstance(dm, Labelled) else None
         names = [str(c) for c in classes or []]
         if names and names != self.hparams.classes and stage == "fit" and self.hparams.pretrained:
             # fine-tuning on other classes: a classifier for the data's, whose rows for classes the weights know
@@ -136,7 +136,7 @@ class ImageClassifier(Task):
                 f"{self.hparams.num_classes}: pass --model.num_classes {len(classes)} (with pretrained weights the "
                 "classifier is then reset)"
             )
-        channels = getattr(dm, "hparams", {}).get("channels")
+        channels = settings(dm).get("channels")
         if channels is not None and channels != self.hparams.in_chans:
             raise ValueError(
                 f"the data gives {channels}-channel images but the model takes in_chans={self.hparams.in_chans}: "
@@ -144,7 +144,7 @@ class ImageClassifier(Task):
             )
         # What predict() needs to read raw images: training teaches the model the data's, so fit adopts them; other
         # stages only fill what the model lacks, and say when the data is read otherwise than the model was trained.
-        prep = getattr(dm, "preprocessing", None)
+        prep = dm.preprocessing if isinstance(dm, Preprocessed) else None
         known = {
             "classes": [str(c) for c in classes] if classes else None,
             "preprocessing": dict(prep) if prep else None,
@@ -240,7 +240,7 @@ class ImageClassifier(Task):
         if isinstance(item, (str, os.PathLike)):
             return TF.pil_to_tensor(_read_image(Path(item), channels, size))[None]
         if isinstance(item, Image.Image):
-            return TF.pil_to_tensor(_convert(item, channels))[None]
+            return TF.pil_to_tensor(upright(item, image_mode(channels)))[None]
         if not isinstance(item, torch.Tensor):
             raise TypeError(
                 "predict() reads image paths, PIL images and tensors (C, H, W) or (B, C, H, W); "
@@ -270,31 +270,12 @@ def _check_preprocessing(prep: dict, in_chans: int) -> None:
         )
 
 
-def _pil_mode(channels: int) -> str:
-    if channels not in PIL_MODES:
-        raise ValueError(f"the model takes {channels}-channel images, which no image file holds: give tensors")
-    return PIL_MODES[channels]
-
-
-def _convert(im: Image.Image, channels: int) -> Image.Image:
-    """``im`` upright and in the model's mode, as the image DataModule decodes its files (repeated here: tasks do
-    not import DataModules)."""
-    mode = _pil_mode(channels)
-    im = ImageOps.exif_transpose(im)  # phone photos store rotation in EXIF, not in the pixels
-    if im.mode == "P" and "transparency" in im.info:  # PIL warns on P -> RGB with transparency
-        im = im.convert("RGBA")
-    if im.mode.startswith("I"):  # 16/32-bit: PIL's convert would clip to white
-        im = Image.fromarray((np.asarray(im, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8))
-    return im.convert(mode)
-
-
 def _read_image(path: Path, channels: int, size: int) -> Image.Image:
-    mode = _pil_mode(channels)
+    """The file decoded as the image DataModule decodes its files (the contract's ``open_image``)."""
+    mode = image_mode(channels)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
     try:
-        with Image.open(path) as im:
-            im.draft(mode, (size, size))  # JPEG: decode at 1/2..1/8 scale, still >= size (as the DataModule does)
-            return _convert(im, channels)
+        return open_image(path, mode, size)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{path} is not an image PIL can read ({type(e).__name__}: {e})") from e

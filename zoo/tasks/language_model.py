@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
+from datamodules.contract import TOKENIZERS, Tokenised, settings
 from zoo._registry import get_entry
 from zoo.tasks._optim import check_choice
-from zoo.tasks._text import TOKENIZE, TextTask
+from zoo.tasks._text import TextTask
 
 __all__ = ["LanguageModel"]
 
@@ -93,7 +94,7 @@ class LanguageModel(TextTask):
         super().__init__()
         self.save_hyperparameters()
         self.check_training_args()
-        check_choice("tokenizer", tokenizer, tuple(TOKENIZE))
+        check_choice("tokenizer", tokenizer, tuple(TOKENIZERS))
         if bptt is not None and bptt < 1:
             raise ValueError(f"bptt must be >= 1 token; got {bptt}")
         if not 0 <= reset_prob <= 1:
@@ -124,20 +125,20 @@ class LanguageModel(TextTask):
         self.val_nll, self.test_nll = MeanMetric(), MeanMetric()
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        itos = getattr(getattr(dm, "vocab", None), "itos", None)
+        dm = self.datamodule  # read as datamodules.contract.LanguageModelData
+        itos = getattr(dm.vocab, "itos", None) if isinstance(dm, Tokenised) else None
         if self.net is None:
             if not itos:
                 raise ValueError("the model needs a vocabulary: give a DataModule with `vocab` (e.g. --data charlm)")
             self.hparams.vocab = list(itos)
-            self.adopt(tokenizer=getattr(dm, "hparams", {}).get("tokenizer", self.hparams.tokenizer))
+            self.adopt(tokenizer=settings(dm).get("tokenizer", self.hparams.tokenizer))
             self._build()
         else:
             self.check_text_settings(dm)
             if self.differs_from_data({"vocab": itos}):
                 self.hparams.vocab = list(itos)
                 self._build()
-        seq_len = getattr(dm, "hparams", {}).get("seq_len")
+        seq_len = settings(dm).get("seq_len")
         if self.hparams.bptt and seq_len and self.hparams.bptt > seq_len:
             rank_zero_warn(
                 f"bptt={self.hparams.bptt} is longer than the data's windows (seq_len={seq_len}): one optimiser step "

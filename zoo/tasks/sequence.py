@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from datamodules.contract import TOKENIZERS, Labelled, Tokenised, settings
 from zoo._registry import get_entry
 from zoo.tasks._optim import check_choice
-from zoo.tasks._text import TOKENIZE, TextTask
+from zoo.tasks._text import TextTask
 
 __all__ = ["SequenceClassifier"]
 
@@ -109,7 +110,7 @@ class SequenceClassifier(TextTask):
         super().__init__()
         self.save_hyperparameters()
         self.check_training_args()
-        check_choice("tokenizer", tokenizer, tuple(TOKENIZE))
+        check_choice("tokenizer", tokenizer, tuple(TOKENIZERS))
         check_choice("objective", objective, OBJECTIVES)
         self.net: nn.Module | None = None
         self.register_buffer("class_weights", None, persistent=False)
@@ -150,12 +151,14 @@ class SequenceClassifier(TextTask):
                     setattr(self, f"{stage}_f1", MulticlassF1Score(n, average="macro", ignore_index=IGNORE))
 
     def setup(self, stage: str) -> None:
-        """Take the vocabulary, classes and objective from the DataModule (first fit), or check that they agree."""
-        dm = getattr(self.trainer, "datamodule", None)
-        vocab, classes = getattr(dm, "vocab", None), list(getattr(dm, "classes", None) or [])
-        itos = getattr(vocab, "itos", vocab)
+        """Take the vocabulary, classes and objective from the DataModule (first fit), or check that they agree
+        (what is read: ``datamodules.contract.TextClassificationData``)."""
+        dm = self.datamodule
+        vocab = dm.vocab if isinstance(dm, Tokenised) else None
+        classes = list(dm.classes or []) if isinstance(dm, Labelled) else []
+        itos = getattr(vocab, "itos", vocab)  # a Vocab, or a plain token list
         h = self.hparams
-        if self.net is None:
+        if self.net is None:  # objective, input_size, default_tokenizer, class_weights: optional members
             h.objective = getattr(dm, "objective", h.objective)
             h.input_size = getattr(dm, "input_size", None) if itos is None else None
             if (itos is None and h.input_size is None) or (not classes and h.objective != "regress"):
@@ -165,7 +168,7 @@ class SequenceClassifier(TextTask):
                 )
             h.vocab = list(itos) if itos is not None else None
             h.classes = classes or None
-            dm_h = getattr(dm, "hparams", {})
+            dm_h = settings(dm)
             self.adopt(
                 tokenizer=dm_h.get("tokenizer", getattr(dm, "default_tokenizer", h.tokenizer)),
                 lowercase=dm_h.get("lowercase", h.lowercase),

@@ -1,9 +1,7 @@
 """Sequence to sequence: translation with the encoder-decoders of ``zoo.nets.seq2seq``, and the sequence
-autoencoder."""
+autoencoder. Raw text reaches the net through each side's codec (``zoo.tasks.text_codec``)."""
 
 from __future__ import annotations
-
-import re
 
 import torch
 import torch.nn as nn
@@ -11,54 +9,15 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.text import SacreBLEUScore
 
+from datamodules.contract import EOS_ID, PAD_ID, UNK_ID, TranslationData
 from zoo._registry import get_entry
-from zoo.nets.seq2seq import Hypothesis
+from zoo.nets.decoding import Hypothesis
 from zoo.tasks._base import Task
+from zoo.tasks.text_codec import TextCodec
 
-__all__ = ["Seq2Seq", "TextCodec", "detokenize"]
+__all__ = ["Seq2Seq"]
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # the DataModule's specials, the same on both sides
-_CLOSING = frozenset(".,!?;:%)]}")
 SAMPLES = 5  # validation translations sent to a logger that takes text (W&B) each epoch
-
-
-def detokenize(tokens: list[str]) -> str:
-    """Words joined by spaces, without the space before closing punctuation or after an opening bracket, and
-    straight double quotes taken as alternately opening and closing."""
-    out, glue, quote_open = [], True, False
-    for t in tokens:
-        closing = t in _CLOSING or (t == '"' and quote_open)
-        out.append(t if glue or closing else " " + t)
-        glue = t in "([{" or (t == '"' and not quote_open)
-        quote_open ^= t == '"'
-    return "".join(out)
-
-
-class TextCodec:
-    """Raw text <-> ids for one side, from the DataModule's spec (``tokenizer`` ``word`` with its ``pattern``,
-    or ``bpe`` with the serialised ``tokenizers`` model; ``lowercase``; ``vocab``)."""
-
-    def __init__(self, spec: dict) -> None:
-        self.spec, self.itos = spec, list(spec["vocab"])
-        self.stoi = {t: i for i, t in enumerate(self.itos)}
-        if spec["tokenizer"] == "bpe":
-            from tokenizers import Tokenizer
-
-            self.bpe = Tokenizer.from_str(spec["bpe"])
-        else:
-            self.bpe, self.pattern = None, re.compile(spec["pattern"])
-
-    def tokens(self, text: str) -> list[str]:
-        text = text.lower() if self.spec.get("lowercase") else text
-        return self.bpe.encode(text).tokens if self.bpe else self.pattern.findall(text)
-
-    def encode(self, text: str) -> list[int]:
-        return [self.stoi.get(t, UNK_ID) for t in self.tokens(text)]
-
-    def decode(self, ids: list[int]) -> str:
-        if self.bpe:
-            return self.bpe.decode(ids)
-        return detokenize([self.itos[i] for i in ids])
 
 
 class Seq2Seq(Task):
@@ -192,8 +151,8 @@ class Seq2Seq(Task):
         self.test_bleu_tok = SacreBLEUScore(tokenize="none", lowercase=True)
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        specs = getattr(dm, "src_spec", None), getattr(dm, "tgt_spec", None)
+        dm = self.datamodule
+        specs = (dm.src_spec, dm.tgt_spec) if isinstance(dm, TranslationData) else (None, None)
         if self.net is None:
             if None in specs:
                 raise ValueError(
@@ -223,7 +182,7 @@ class Seq2Seq(Task):
 
     def _references(self, stage: str, tgt: torch.Tensor, index: torch.Tensor) -> list[str]:
         """The raw reference sentences of the batch, from the DataModule (else decoded from the target ids)."""
-        refs = getattr(getattr(self.trainer, "datamodule", None), "references", {}).get(stage)
+        refs = getattr(self.datamodule, "references", {}).get(stage)  # optional in the contract
         if refs is not None:
             return [refs[i] for i in index.tolist()]
         return [self.tgt_codec.decode([t for t in row.tolist()[1:] if t > EOS_ID]) for row in tgt]
