@@ -127,3 +127,29 @@ def test_evaluate_reproduces_every_published_metric_on_the_real_data(name, capsy
         pytest.skip(f"the real data of {name} is not in ZOO_DATA_DIR={data!r}")
     code, out = run(capsys, "evaluate", name)
     assert code == 0, out
+
+
+def test_tta_is_published_beside_the_plain_figure_and_re_measured(capsys, cifar_dir, monkeypatch, tmp_path):
+    """Test-time augmentation (flip) is an explicit option: publish measures it beside the headline, never in it;
+    ``zoo evaluate --tta flip`` compares with the TTA figure; text models refuse it."""
+    L.seed_everything(0)
+    model = zoo.create_model("lenet5", lr=3e-3, optimizer="adamw", schedule="constant")
+    dm = CIFAR10DataModule(
+        data_dir=str(cifar_dir), num_images=(N_TRAIN, N_TEST), val_size=40, num_workers=0, batch_size=16
+    )
+    trainer = quiet_trainer(tmp_path)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))
+    entry = publish(tmp_path / "m.ckpt", "fixture", "configs/lenet5.cifar10.yaml", data_dir=str(cifar_dir))
+    loaded = zoo.load_pretrained("lenet5.fixture")
+    plain = trainer.test(loaded, dm, verbose=False)[0]
+    loaded.tta = "flip"
+    flipped = trainer.test(loaded, dm, verbose=False)[0]
+    assert entry.metrics["test_acc"] == pytest.approx(plain["test_acc"])  # the headline is the plain figure
+    assert entry.metrics["test_acc_tta_flip"] == pytest.approx(flipped["test_acc"])
+    assert plain["test_loss"] != flipped["test_loss"]  # another measurement, not a copy
+    code, out = run(capsys, "evaluate", "lenet5.fixture", "--data-dir", str(cifar_dir), "--tta", "flip")
+    assert code == 0 and "test_acc_tta_flip reproduced" in out
+    code, out = run(capsys, "predict", "gru_classifier.names", "Nakamura", "--tta", "flip")
+    assert code == 2

@@ -230,3 +230,17 @@ def test_published_image_weights_recognise_real_cifar_images(name, least, real_d
     images, labels = _real_cifar_test(real_data_dir)
     answers = zoo.load_pretrained(name).predict(list(images), top_k=1)
     assert sum(a[0][0] == CLASSES[y] for a, y in zip(answers, labels)) / len(labels) >= least
+
+
+def test_image_predict_with_flip_tta_averages_an_image_and_its_mirror():
+    model = zoo.load_pretrained("resnet20.cifar10")
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    x[1, :, :, 16:] = x[1, :, :, :16].flip(-1)  # a mirror-symmetric image: TTA changes nothing there
+    plain, mirrored = model.predict(x, top_k=10), model.predict(x.flip(-1), top_k=10)
+    tta = model.predict(x, top_k=10, tta="flip")
+    for i in (0, 1):
+        p, m, t = (dict(r[i]) for r in (plain, mirrored, tta))
+        assert all(abs(t[c] - (p[c] + m[c]) / 2) < 1e-5 for c in t)
+    assert dict(tta[1]) == pytest.approx(dict(plain[1]), abs=1e-5)
+    with pytest.raises(ValueError, match="tta must be one of flip"):
+        model.predict(x, tta="crop")

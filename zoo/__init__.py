@@ -75,7 +75,11 @@ def create_model(name: str, pretrained: bool | str | Weights | None = False, **k
     cls = task_class(name)
     if pretrained:
         weights = weights_for(name, pretrained)  # resolved once here, passed down to the task
-        kwargs = {**weights.kwargs, **kwargs, "pretrained": weights}
+        # The task takes the weights' architecture itself (Task.take_weights_kwargs). What it maps instead of taking
+        # (classes, vocabularies) it takes only when not given, and a default such as num_classes=10 looks given:
+        # those come from the weights here, unless passed.
+        defaults = {k: weights.kwargs[k] for k in cls.remappable if k in weights.kwargs}
+        kwargs = {**defaults, **kwargs, "pretrained": weights}
     accepted = set(inspect.signature(cls).parameters)
     task_kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     net_kwargs = {**task_kwargs.pop("net_kwargs", {}), **{k: v for k, v in kwargs.items() if k not in accepted}}

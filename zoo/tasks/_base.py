@@ -4,6 +4,7 @@ restore of resumable train loaders when a run resumes mid-epoch."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,7 +65,7 @@ class Task(L.LightningModule):
     def take_weights_kwargs(self) -> None:
         """With ``pretrained``, build the weights' architecture: their ``weights_kwargs`` replace the model's (the
         weights load into nothing else), except the ``remappable`` ones (vocabularies, classes), taken only when
-        not given. Values replaced are logged."""
+        not given. Values replaced that were set otherwise than by default are logged."""
         h = self.hparams
         # a tag (--model.pretrained cifar10 means <arch>.cifar10), a name, or the Weights that create_model resolved
         self.weights = weights_for(h.arch, h.pretrained)
@@ -75,7 +76,8 @@ class Task(L.LightningModule):
             for k in self.weights_kwargs
             if k in entry and (h.get(k) is None if k in self.remappable else h.get(k) != entry[k])
         }
-        replaced = [f"{k}={take[k]!r} (not {h[k]!r})" for k in take if h.get(k) is not None]
+        default = {k: p.default for k, p in inspect.signature(type(self)).parameters.items()}
+        replaced = [f"{k}={take[k]!r} (not {h[k]!r})" for k in take if h.get(k) not in (None, default.get(k))]
         if replaced:
             rank_zero_info(f"{h.pretrained}: the weights' architecture: {', '.join(replaced)}")
         self.adopt(**take)

@@ -48,6 +48,8 @@ class ImageClassifier(Task):
     """
 
     monitor = ("val_acc", "max")  # what ModelCheckpoint selects on in train.py
+    tta_modes = ("flip",)  # test-time augmentation: the mean of the probabilities of the image and its mirror
+    tta: str | None = None  # off unless asked for (zoo evaluate / predict --tta flip): never in a headline figure
     weights_kwargs = ("num_classes", "in_chans", "net_kwargs")  # what rebuilds the net of published weights
     remappable = ("num_classes",)  # another number of classes resets the classifier
     indexed_params = {"head.weight": ("classes", (0,)), "head.bias": ("classes", (0,))}
@@ -58,7 +60,8 @@ class ImageClassifier(Task):
 
     @classmethod
     def describe(cls, metrics: dict, split: str) -> str:
-        return f"{100 * metrics[f'{split}_acc']:.2f}%"
+        tta = metrics.get(f"{split}_acc_tta_flip")
+        return f"{100 * metrics[f'{split}_acc']:.2f}%" + (f" (flip TTA {100 * tta:.2f}%)" if tta is not None else "")
 
     def __init__(
         self,
@@ -176,9 +179,18 @@ class ImageClassifier(Task):
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
+    def probabilities(self, x: torch.Tensor, tta: str | None = None) -> torch.Tensor:
+        """Class probabilities (B, num_classes) of a batch of net inputs, averaged over the mirror images with
+        ``tta="flip"``."""
+        if tta not in (None, *self.tta_modes):
+            raise ValueError(f"tta must be one of {', '.join(self.tta_modes)} or None; got {tta!r}")
+        probs = self(x).float().softmax(-1)
+        return (probs + self(x.flip(-1)).float().softmax(-1)) / 2 if tta == "flip" else probs
+
     def _eval_step(self, batch, stage: str) -> None:
         x, y = batch
-        logits = self(x)
+        # with test-time augmentation, the log of the averaged probabilities stands for the logits (same softmax)
+        logits = self.probabilities(x, self.tta).log() if self.tta else self(x)
         acc, acc5 = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_acc5")
         acc(logits, y)
         acc5(logits, y)
@@ -192,7 +204,9 @@ class ImageClassifier(Task):
 
     # -- the images a user holds ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 5) -> list[list[tuple[str, float]]]:
+    def predict(
+        self, inputs: ImageInput | Sequence[ImageInput], top_k: int = 5, tta: str | None = None
+    ) -> list[list[tuple[str, float]]]:
         """Top-``k`` ``(class name, probability)`` per image, most likely first (``k`` capped at ``num_classes``;
         names "0", "1", ... when the model has none).
 
@@ -202,15 +216,14 @@ class ImageClassifier(Task):
         orientation applied and are converted to RGB (``in_chans`` 3) or grayscale L (``in_chans`` 1), whatever
         their mode (L, RGBA, P, CMYK ...; transparency is dropped); then the shorter side is resized to the input
         size, the centre cropped, values scaled to [0, 1] and normalised by the model's mean and std. Runs in eval
-        mode without gradients; the previous mode is restored."""
+        mode without gradients; the previous mode is restored. ``tta="flip"`` averages the probabilities of each
+        image and its mirror (test-time augmentation; off by default)."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         x = self.preprocess(inputs)  # (N, C, H, W)
         dtype = next(self.net.parameters()).dtype
         with self.evaluating():
-            probs = torch.cat(
-                [self(b.to(self.device, dtype)).float().softmax(-1).cpu() for b in x.split(PREDICT_BATCH)]
-            )
+            probs = torch.cat([self.probabilities(b.to(self.device, dtype), tta).cpu() for b in x.split(PREDICT_BATCH)])
         names = self.hparams.classes or [str(i) for i in range(self.hparams.num_classes)]
         top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         return [[(names[c], float(p)) for p, c in zip(ps, cs)] for ps, cs in zip(top.values, top.indices)]

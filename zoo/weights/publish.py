@@ -54,6 +54,12 @@ def publish(
         storage["tolerance_points"] = fp16_tolerance
         if abs(test16[key] - test[key]) * scale <= fp16_tolerance + 1e-9:
             dtype, state, val, test = "float16", half, val16, test16
+    model.net.load_state_dict(state)  # the weights as stored
+    tta = {}  # test-time augmentation, measured beside the plain figures (which stay the headline)
+    for mode in getattr(cls, "tta_modes", ()):
+        model.tta = mode
+        tta |= {f"{k}_tta_{mode}": v for k, v in evaluate(model, dm, "test").items() if k.startswith("test_")}
+        model.tta = None
     eval_s = time.time() - t0
     out_dir = out_dir or checkpoint_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +90,7 @@ def publish(
         "preprocessing": _preprocessing(dm),
         "metrics": {
             **{k: v for k, v in test.items() if k.startswith("test_")},
+            **tta,
             **{k: v for k, v in val.items() if k.startswith("val_")},
         },
         "evaluation": {
