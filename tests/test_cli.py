@@ -94,8 +94,10 @@ def test_verify_finds_a_corrupt_or_missing_file(capsys, local_weights):
     assert code == 1 and "MISMATCH" in out and "missing" in out and "2 problem(s)" in out
 
 
-def test_evaluate_reproduces_or_says_it_does_not(capsys, cifar_dir, monkeypatch, tmp_path):
-    """Published on the fixture, re-measured: reproduced; with the manifest's figure moved past the tolerance: not."""
+@pytest.fixture
+def lenet_fixture(cifar_dir, monkeypatch, tmp_path):
+    """LeNet-5 trained an epoch on the CIFAR fixture and published as ``lenet5.fixture`` into a temporary
+    checkpoints folder: its DataModule, Trainer and the published entry."""
     L.seed_everything(0)
     model = zoo.create_model("lenet5", lr=3e-3, optimizer="adamw", schedule="constant")
     dm = CIFAR10DataModule(
@@ -105,7 +107,12 @@ def test_evaluate_reproduces_or_says_it_does_not(capsys, cifar_dir, monkeypatch,
     trainer.fit(model, dm)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))
-    publish(tmp_path / "m.ckpt", "fixture", "configs/lenet5.cifar10.yaml", data_dir=str(cifar_dir))
+    entry = publish(tmp_path / "m.ckpt", "fixture", "configs/lenet5.cifar10.yaml", data_dir=str(cifar_dir))
+    return dm, trainer, entry
+
+
+def test_evaluate_reproduces_or_says_it_does_not(capsys, cifar_dir, tmp_path, lenet_fixture):
+    """Published on the fixture, re-measured: reproduced; with the manifest's figure moved past the tolerance: not."""
     code, out = run(capsys, "evaluate", "lenet5.fixture", "--data-dir", str(cifar_dir))
     assert code == 0 and "test_acc reproduced" in out
     manifest_path = tmp_path / "ckpts" / "manifest.json"
@@ -129,19 +136,10 @@ def test_evaluate_reproduces_every_published_metric_on_the_real_data(name, capsy
     assert code == 0, out
 
 
-def test_tta_is_published_beside_the_plain_figure_and_re_measured(capsys, cifar_dir, monkeypatch, tmp_path):
+def test_tta_is_published_beside_the_plain_figure_and_re_measured(capsys, cifar_dir, lenet_fixture):
     """Test-time augmentation (flip) is an explicit option: publish measures it beside the headline, never in it;
     ``zoo evaluate --tta flip`` compares with the TTA figure; text models refuse it."""
-    L.seed_everything(0)
-    model = zoo.create_model("lenet5", lr=3e-3, optimizer="adamw", schedule="constant")
-    dm = CIFAR10DataModule(
-        data_dir=str(cifar_dir), num_images=(N_TRAIN, N_TEST), val_size=40, num_workers=0, batch_size=16
-    )
-    trainer = quiet_trainer(tmp_path)
-    trainer.fit(model, dm)
-    trainer.save_checkpoint(tmp_path / "m.ckpt")
-    monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))
-    entry = publish(tmp_path / "m.ckpt", "fixture", "configs/lenet5.cifar10.yaml", data_dir=str(cifar_dir))
+    dm, trainer, entry = lenet_fixture
     loaded = zoo.load_pretrained("lenet5.fixture")
     plain = trainer.test(loaded, dm, verbose=False)[0]
     loaded.tta = "flip"
