@@ -145,6 +145,10 @@ def test_bad_checkpoints_are_refused(tmp_path, trained_ckpt):
 
 # -- the repository's own published weights -------------------------------------------------------------------
 REPO_MANIFEST = read_manifest()
+# DenseNet-BC-100 on the 10,000 test images (288 MFLOPs each, many small layers) runs past the 10-minute test limit
+# on an AVX2-only CPU (600 s measured, 2 cores, one training run beside it): `make test-all` re-measures it.
+SLOW_TO_MEASURE = {"densenet_bc_100_12.cifar10"}
+MEASURED = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_MEASURE else n for n in sorted(REPO_MANIFEST)]
 
 
 @pytest.mark.parametrize("name", sorted(REPO_MANIFEST), ids=sorted(REPO_MANIFEST))
@@ -161,7 +165,7 @@ def test_repo_weights_verify_and_load(name):
     assert entry.recipe and (checkpoint_dir().parent / entry.recipe).is_file()
 
 
-@pytest.mark.parametrize("name", sorted(REPO_MANIFEST), ids=sorted(REPO_MANIFEST))
+@pytest.mark.parametrize("name", MEASURED, ids=sorted(REPO_MANIFEST))
 def test_repo_weights_reproduce_their_test_accuracy(name, real_data_dir):
     entry = REPO_MANIFEST[name]
     spec = entry.data or {"class_path": "datamodules.cifar10.CIFAR10DataModule", "init_args": {}}
