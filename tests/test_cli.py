@@ -14,6 +14,7 @@ import zoo
 from datamodules.cifar10 import CIFAR10DataModule
 from zoo.cli.card import model_card
 from zoo.cli.main import EVALUATE_TOLERANCE, main
+from zoo.cli.readme import weights_table
 from zoo.weights import checkpoint_dir, read_manifest
 from zoo.weights.publish import publish
 
@@ -151,3 +152,26 @@ def test_tta_is_published_beside_the_plain_figure_and_re_measured(capsys, cifar_
     assert code == 0 and "test_acc_tta_flip reproduced" in out
     code, out = run(capsys, "predict", "gru_classifier.names", "Nakamura", "--tta", "flip")
     assert code == 2
+
+
+def test_publish_records_the_other_seeds_of_a_recipe(cifar_dir, tmp_path, lenet_fixture):
+    dm, _, first = lenet_fixture
+    L.seed_everything(1)
+    other = zoo.create_model("lenet5", lr=3e-3, optimizer="adamw", schedule="constant")
+    trainer = quiet_trainer(tmp_path)
+    trainer.fit(other, dm)
+    trainer.save_checkpoint(tmp_path / "seed1.ckpt")
+    measured = trainer.test(other, dm, verbose=False)[0]["test_acc"]
+    entry = publish(
+        tmp_path / "m.ckpt",
+        "fixture",
+        "configs/lenet5.cifar10.yaml",
+        data_dir=str(cifar_dir),
+        other_seeds=(tmp_path / "seed1.ckpt",),
+    )
+    seeds = entry.evaluation["over_seeds"]
+    assert entry.evaluation["seeds"] == 2 and seeds["metric"] == "test_acc"
+    assert seeds["values"] == [entry.metrics["test_acc"], pytest.approx(measured)]  # measured, not typed
+    assert seeds["mean"] == pytest.approx(sum(seeds["values"]) / 2, abs=1e-6)
+    assert seeds["std"] == pytest.approx(abs(seeds["values"][0] - seeds["values"][1]) / 2**0.5, abs=1e-6)
+    assert "2 seeds:" in weights_table()

@@ -163,11 +163,20 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace) -> int:
     tolerance = None if args.float32 else args.fp16_tolerance
-    entry = publish(args.checkpoint, args.tag, args.recipe, data_dir=args.data_dir, fp16_tolerance=tolerance)
+    entry = publish(
+        args.checkpoint,
+        args.tag,
+        args.recipe,
+        data_dir=args.data_dir,
+        fp16_tolerance=tolerance,
+        other_seeds=tuple(args.other_seeds),
+    )
     m = entry.metrics
     print(f"published {entry.name}: {entry.file} ({entry.dtype}) sha256 {entry.sha256[:12]}…")
     print("  storage check: " + ", ".join(f"{k}={v}" for k, v in entry.dtype_check.items()))
     print("  " + ", ".join(f"{k}={v:.4f}" for k, v in m.items()))
+    if seeds := entry.evaluation.get("over_seeds"):
+        print(f"  {seeds['metric']} over {len(seeds['values'])} seeds: {seeds['mean']:.4f} +- {seeds['std']:.4f}")
     return 0
 
 
@@ -221,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         help="store float16 when that moves test top-1 by at most this many points (default %(default)s)",
     )
     p.add_argument("--float32", action="store_true", help="always store float32")
+    p.add_argument(
+        "--other-seeds",
+        nargs="+",
+        default=[],
+        metavar="CKPT",
+        help="checkpoints of the same recipe with other seeds: their test metric is recorded beside (mean, std)",
+    )
     p.set_defaults(fn=_publish)
     p = sub.add_parser("readme", help="regenerate the README's model and weights tables from registry and manifest")
     p.add_argument("path", nargs="?", default="README.md")

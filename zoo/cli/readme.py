@@ -32,8 +32,12 @@ def weights_table() -> str:
     for name, w in read_manifest().items():
         t, task = w.training, zoo.task_class(w.model)
         hw = "; ".join(sorted({f"{r['hardware']}, {r['precision']}" for r in t.get("runs", [])}))
+        test = task.describe(w.metrics, "test")
+        if seeds := w.evaluation.get("over_seeds"):  # the spread of the recipe, in the headline's points
+            scale = task.points_per_unit
+            test += f"; {len(seeds['values'])} seeds: {seeds['mean'] * scale:.2f} ± {seeds['std'] * scale:.2f}"
         rows.append(
-            f"| `{name}` | {task.describe(w.metrics, 'test')} | {task.describe(w.metrics, 'val')} "
+            f"| `{name}` | {test} | {task.describe(w.metrics, 'val')} "
             f"| [`{w.recipe}`]({w.recipe}) | {t['wall_time_s'] / 60:.0f} min, {t['steps']} steps on {hw} |"
         )
     return "\n".join(rows)

@@ -28,8 +28,13 @@ def publish(
     data_dir: str | None = None,
     out_dir: Path | None = None,
     fp16_tolerance: float | None = FP16_TOLERANCE,
+    other_seeds: tuple[str | Path, ...] = (),
 ) -> Weights:
     """Write ``<arch>.<tag>.safetensors`` and its manifest entry; returns the entry.
+
+    ``other_seeds``: checkpoints of the same recipe trained with other seeds. Their test headline metric is
+    measured too and the entry records every value with their mean and standard deviation (the published weights
+    are ``ckpt_path``'s: choose it by validation, e.g. the median seed, never by test).
 
     The weights are stored in float16 when that changes the test accuracy by at most ``fp16_tolerance``
     percentage points (a test loss, for language models, by at most ``fp16_tolerance / 100``; both measured
@@ -60,6 +65,7 @@ def publish(
         model.tta = mode
         tta |= {f"{k}_tta_{mode}": v for k, v in evaluate(model, dm, "test").items() if k.startswith("test_")}
         model.tta = None
+    over_seeds = _over_seeds(test[key], other_seeds, arch, key, dm) if other_seeds else None
     eval_s = time.time() - t0
     out_dir = out_dir or checkpoint_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +108,8 @@ def publish(
                 "step": ckpt.get("global_step"),
                 "selected_on": f"{cls.monitor[0]} ({cls.monitor[1]})" if Path(ckpt_path).stem == "best" else "final",
             },
-            "seeds": 1,
+            "seeds": 1 + len(other_seeds),
+            **({"over_seeds": over_seeds} if over_seeds else {}),
             "command": f"zoo publish {ckpt_path} --tag {tag} --recipe {recipe}",
             "eval_seconds": round(eval_s, 1),
         },
@@ -122,3 +129,22 @@ def publish(
 def _preprocessing(dm: L.LightningDataModule) -> dict:
     """How the image DataModules read an image for evaluation (their ``preprocessing``); nothing for text data."""
     return dict(getattr(dm, "preprocessing", None) or {})
+
+
+def _over_seeds(published: float, others: tuple, arch: str, key: str, dm: L.LightningDataModule) -> dict:
+    """The test headline metric of the published weights and of each other seed's checkpoint (as trained)."""
+    values = [published]
+    for path in others:
+        model = model_from_checkpoint(read_checkpoint(path), path).eval()
+        if model.hparams.arch != arch:
+            raise ValueError(f"{path} holds a {model.hparams.arch}, not a {arch}: not another seed of this recipe")
+        values.append(evaluate(model, dm, "test")[key])
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return {
+        "metric": key,
+        "values": values,  # the published weights (as stored) first, then the other seeds' checkpoints
+        "checkpoints": [str(p) for p in others],
+        "mean": round(mean, 6),
+        "std": round(std, 6),  # sample standard deviation (n - 1)
+    }
