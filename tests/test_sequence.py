@@ -153,3 +153,14 @@ def test_ddp_two_processes_bucketed_batches(names_dir, tmp_path):
     assert len(ranks[0]) == len(ranks[1]) == 2  # 16 train names, 8 per rank, batches of 4
     rows = [{tuple(row.tolist()) for f in files for row in torch.load(f)} for files in ranks]
     assert len(rows[0]) == len(rows[1]) == 8 and not rows[0] & rows[1]
+
+
+def test_weight_averaging_is_refused_where_it_would_average_nothing(names_dir, tmp_path):
+    """EMAWeightAveraging copies the model in its setup, before a text task builds its net from the data: it would
+    average nothing and save an empty state_dict. Refused with a reason; image tasks (net built at once) keep it."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    model = zoo.create_model("gru_classifier", hidden_size=8, embed_dim=8)
+    trainer = quiet_trainer(tmp_path, callbacks=[EMAWeightAveraging()], max_steps=2)
+    with pytest.raises(ValueError, match="EMAWeightAveraging copied SequenceClassifier before its net was built"):
+        trainer.fit(model, names_dm(names_dir))

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -139,6 +140,18 @@ class Task(L.LightningModule):
         )
 
     def on_fit_start(self) -> None:
+        for cb in self.trainer.callbacks:
+            # Lightning's WeightAveraging copies the module in its own setup, which runs before the task's: a task
+            # that builds its net there from the data's vocabulary (the text tasks) would average nothing and save
+            # an empty state_dict. Refused until the copy is made after the net exists.
+            copy = getattr(cb, "_average_model", None) if isinstance(cb, WeightAveraging) else None
+            if copy is not None and sum(p.numel() for p in copy.parameters()) < sum(
+                p.numel() for p in self.parameters()
+            ):
+                raise ValueError(
+                    f"{type(cb).__name__} copied {type(self).__name__} before its net was built from the data, so it "
+                    "would average nothing and save an empty checkpoint: it works with the image tasks, not yet here"
+                )
         if self.hparams.get("freeze") and self.trainer.world_size > 1:
             # DDP expects a gradient for every parameter it wrapped; one frozen afterwards would stall its reduction
             # (or, with find_unused_parameters, get zero gradients that weight decay and momentum still act on)

@@ -110,7 +110,8 @@ def publish(
             },
             "seeds": 1 + len(other_seeds),
             **({"over_seeds": over_seeds} if over_seeds else {}),
-            "command": f"zoo publish {ckpt_path} --tag {tag} --recipe {recipe}",
+            "command": f"zoo publish {ckpt_path} --tag {tag} --recipe {recipe}"
+            + (" --other-seeds " + " ".join(map(str, other_seeds)) if other_seeds else ""),
             "eval_seconds": round(eval_s, 1),
         },
         "recipe": recipe,
