@@ -95,18 +95,24 @@ def test_verify_finds_a_corrupt_or_missing_file(capsys, local_weights):
     assert code == 1 and "MISMATCH" in out and "missing" in out and "2 problem(s)" in out
 
 
+def train_lenet(dm, tmp_path, seed: int, ckpt: str):
+    """LeNet-5 trained an epoch on ``dm`` from ``seed``, saved as ``tmp_path / ckpt``: the model and its Trainer."""
+    L.seed_everything(seed)
+    model = zoo.create_model("lenet5", lr=3e-3, optimizer="adamw", schedule="constant")
+    trainer = quiet_trainer(tmp_path)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / ckpt)
+    return model, trainer
+
+
 @pytest.fixture
 def lenet_fixture(cifar_dir, monkeypatch, tmp_path):
     """LeNet-5 trained an epoch on the CIFAR fixture and published as ``lenet5.fixture`` into a temporary
     checkpoints folder: its DataModule, Trainer and the published entry."""
-    L.seed_everything(0)
-    model = zoo.create_model("lenet5", lr=3e-3, optimizer="adamw", schedule="constant")
     dm = CIFAR10DataModule(
         data_dir=str(cifar_dir), num_images=(N_TRAIN, N_TEST), val_size=40, num_workers=0, batch_size=16
     )
-    trainer = quiet_trainer(tmp_path)
-    trainer.fit(model, dm)
-    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    trainer = train_lenet(dm, tmp_path, seed=0, ckpt="m.ckpt")[1]
     monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "ckpts"))
     entry = publish(tmp_path / "m.ckpt", "fixture", "configs/lenet5.cifar10.yaml", data_dir=str(cifar_dir))
     return dm, trainer, entry
@@ -155,12 +161,8 @@ def test_tta_is_published_beside_the_plain_figure_and_re_measured(capsys, cifar_
 
 
 def test_publish_records_the_other_seeds_of_a_recipe(cifar_dir, tmp_path, lenet_fixture):
-    dm, _, first = lenet_fixture
-    L.seed_everything(1)
-    other = zoo.create_model("lenet5", lr=3e-3, optimizer="adamw", schedule="constant")
-    trainer = quiet_trainer(tmp_path)
-    trainer.fit(other, dm)
-    trainer.save_checkpoint(tmp_path / "seed1.ckpt")
+    dm = lenet_fixture[0]
+    other, trainer = train_lenet(dm, tmp_path, seed=1, ckpt="seed1.ckpt")
     measured = trainer.test(other, dm, verbose=False)[0]["test_acc"]
     entry = publish(
         tmp_path / "m.ckpt",

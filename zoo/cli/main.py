@@ -83,9 +83,8 @@ def _predict(args: argparse.Namespace) -> int:
     model = _load(args.name)
     options = {"top_k": args.top_k, "beam": args.beam, "length": args.length, "temperature": args.temperature}
     options |= {"seed": args.seed, "tta": args.tta}
+    _check_tta(model, args.tta, args.name)
     accepted = inspect.signature(model.predict).parameters
-    if args.tta and "tta" not in accepted:
-        raise ValueError(f"--tta is for image models; {args.name} is a {type(model).__name__}")
     results = model.predict(list(args.inputs), **{k: v for k, v in options.items() if k in accepted and v is not None})
     if args.json:
         print(json.dumps([{"input": i, "output": r} for i, r in zip(args.inputs, results)], ensure_ascii=False))
@@ -95,6 +94,12 @@ def _predict(args: argparse.Namespace) -> int:
         table.add_row(given, _render(result))
     Console().print(table)
     return 0
+
+
+def _check_tta(model, tta: str | None, name: str) -> None:
+    """Refuse a test-time augmentation the task does not have (``tta_modes``: images have ``flip``)."""
+    if tta and tta not in getattr(model, "tta_modes", ()):
+        raise ValueError(f"{name} ({type(model).__name__}) has no test-time augmentation {tta!r}")
 
 
 def _render(result) -> str:
@@ -117,8 +122,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     key, scale = type(model).headline_metric()
     suffix = ""
     if args.tta:  # compared with the TTA figures published beside the plain ones, never with those
-        if args.tta not in getattr(model, "tta_modes", ()):
-            raise ValueError(f"{name} ({type(model).__name__}) has no test-time augmentation {args.tta!r}")
+        _check_tta(model, args.tta, name)
         model.tta, suffix = args.tta, f"_tta_{args.tta}"
     measured = {k + suffix: v for k, v in evaluate(model, dm, "test").items()}
     key += suffix
@@ -145,8 +149,7 @@ def _verify(args: argparse.Namespace) -> int:
     table = Table("weights", "file", "where", "status")
     bad = 0
     for name, w in read_manifest().items():
-        specs = [{"file": w.file, "sha256": w.sha256, "url": w.url}] + ([w.kwargs_file] if w.kwargs_file else [])
-        for spec in specs:
+        for spec in w.file_specs:
             found = [path for path in local_places(spec["file"]) if path.is_file()]
             if not found:
                 status = "missing" + (" (downloaded on first use)" if spec.get("url") else "")

@@ -29,9 +29,7 @@ def resolve(weights: str | Weights) -> Weights:
     if w.kwargs_file:  # large kwargs (vocabularies, tokenisers) stored beside the weights
         side = find_file(w.name, w.kwargs_file)
         kwargs = {**kwargs, **json.loads(side.read_text(encoding="utf-8"))}
-    return dataclasses.replace(
-        w, kwargs=kwargs, path=find_file(w.name, {"file": w.file, "sha256": w.sha256, "url": w.url})
-    )
+    return dataclasses.replace(w, kwargs=kwargs, path=find_file(w.name, w.file_spec))
 
 
 def weights_for(model: str, pretrained: bool | str | Weights) -> Weights:

@@ -44,6 +44,16 @@ class Weights:
     def tag(self) -> str:
         return self.name.split(".", 1)[1]
 
+    @property
+    def file_spec(self) -> dict:
+        """The weights file as the store looks it up: ``file``, ``sha256``, ``url``."""
+        return {"file": self.file, "sha256": self.sha256, "url": self.url}
+
+    @property
+    def file_specs(self) -> list[dict]:
+        """Every file of the entry: the weights, then the kwargs side file if there is one."""
+        return [self.file_spec] + ([self.kwargs_file] if self.kwargs_file else [])
+
     @classmethod
     def from_json(cls, name: str, d: dict) -> Weights:
         known = {f.name for f in dataclasses.fields(cls)} - {"name", "kwargs", "kwargs_file", "path"}

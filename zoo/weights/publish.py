@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 from safetensors.torch import save_file
 
+from datamodules.contract import Labelled, Preprocessed
 from zoo.checkpoint import model_from_checkpoint, read_checkpoint
 from zoo.weights.manifest import Weights, read_manifest, write_manifest
 from zoo.weights.measure import build_datamodule, data_spec, evaluate
@@ -92,8 +93,8 @@ def publish(
         "params": sum(p.numel() for p in model.net.parameters()),
         "dtype": dtype,
         "dtype_check": storage,
-        "classes": list(getattr(dm, "classes", [])),
-        "preprocessing": _preprocessing(dm),
+        "classes": list(dm.classes or []) if isinstance(dm, Labelled) else [],
+        "preprocessing": dict(dm.preprocessing or {}) if isinstance(dm, Preprocessed) else {},  # images only
         "metrics": {
             **{k: v for k, v in test.items() if k.startswith("test_")},
             **tta,
@@ -125,11 +126,6 @@ def publish(
     weights = Weights.from_json(name, entry)
     write_manifest({**read_manifest(out_dir), name: weights}, out_dir)
     return weights
-
-
-def _preprocessing(dm: L.LightningDataModule) -> dict:
-    """How the image DataModules read an image for evaluation (their ``preprocessing``); nothing for text data."""
-    return dict(getattr(dm, "preprocessing", None) or {})
 
 
 def _over_seeds(published: float, others: tuple, arch: str, key: str, dm: L.LightningDataModule) -> dict:
