@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,7 @@ class ImageClassifier(Task):
         arch: str = "resnet20",
         num_classes: int = 10,
         in_chans: int = 3,
-        net_kwargs: dict | None = None,
+        net_kwargs: dict[str, Any] | None = None,
         classes: list[str] | None = None,
         preprocessing: dict | None = None,
         pretrained: str | None = None,

@@ -4,6 +4,7 @@ truncated BPTT, and sampling."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -76,7 +77,7 @@ class LanguageModel(TextTask):
         num_layers: int = 2,
         dropout: float = 0.2,
         tie_weights: bool = False,
-        net_kwargs: dict | None = None,
+        net_kwargs: dict[str, Any] | None = None,
         pretrained: str | None = None,
         freeze: str | None = None,
         unfreeze_epoch: int | None = None,

@@ -3,6 +3,8 @@ step, or a number per sequence)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -92,7 +94,7 @@ class SequenceClassifier(TextTask):
         bidirectional: bool = False,
         dropout: float = 0.0,
         pooling: str = "last",
-        net_kwargs: dict | None = None,
+        net_kwargs: dict[str, Any] | None = None,
         pretrained: str | None = None,
         freeze: str | None = None,
         unfreeze_epoch: int | None = None,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -101,7 +102,7 @@ class Tagger(Task):
         hidden_size: int = 200,
         num_layers: int = 1,
         dropout: float = 0.5,
-        net_kwargs: dict | None = None,
+        net_kwargs: dict[str, Any] | None = None,
         pretrained: str | None = None,
         freeze: str | None = None,
         unfreeze_epoch: int | None = None,

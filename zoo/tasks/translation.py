@@ -3,6 +3,8 @@ autoencoder. Raw text reaches the net through each side's codec (``zoo.tasks.tex
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -89,7 +91,7 @@ class Seq2Seq(Task):
         num_layers: int = 1,
         bidirectional: bool = True,
         dropout: float = 0.3,
-        net_kwargs: dict | None = None,
+        net_kwargs: dict[str, Any] | None = None,
         pretrained: str | None = None,
         freeze: str | None = None,
         unfreeze_epoch: int | None = None,
