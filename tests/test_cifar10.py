@@ -1,6 +1,12 @@
 import gzip
+import io
+import os
 import pickle
+import shlex
+import tarfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import N_TEST, N_TRAIN, write_cifar
@@ -162,6 +168,65 @@ def test_labels_out_of_range(tmp_path):
     d["labels"][0] = 10
     (folder / "test_batch").write_bytes(pickle.dumps(d, protocol=2))
     with pytest.raises(DatasetError, match="outside 0-9"):
+        load_cifar10(folder, (N_TRAIN, N_TEST))
+
+
+class RunsCode:
+    """Pickles as a call of ``os.system``: unpickling it runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def replace_member(path: Path, name: str, raw: bytes) -> None:
+    """Put ``raw`` in place of member ``name`` of the archive or folder at ``path``."""
+    if path.is_dir():
+        (path / name).write_bytes(raw)
+        return
+    with tarfile.open(path) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    members[f"cifar-10-batches-py/{name}"] = raw
+    with tarfile.open(path, "w:gz") as tar:
+        for member, data in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize(
+    "member,as_archive", [("batches.meta", True), ("data_batch_1", False)], ids=["meta-in-archive", "batch-in-folder"]
+)
+def test_pickle_that_runs_code_is_refused_before_it_runs(tmp_path, member, as_archive):
+    path = write_cifar(tmp_path, as_archive=as_archive)
+    marker = tmp_path / "code-ran"
+    replace_member(path, member, pickle.dumps({"label_names": [RunsCode(marker)] * 10, "labels": [0]}, protocol=2))
+    refused = f"{member} in {path} asks to call {os.system.__module__}.system, which no CIFAR-10 batch holds"
+    with pytest.raises(DatasetError, match=refused + r".*refused, nothing was run.*may be malicious"):
+        load_cifar10(path, (N_TRAIN, N_TEST))
+    assert not marker.exists(), "the pickle's code ran"
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_batches_pickled_at_any_protocol_with_numpy_labels_load(tmp_path, protocol):
+    folder = write_cifar(tmp_path, as_archive=False)
+    want = load_cifar10(folder, (N_TRAIN, N_TEST))
+    for name in ["batches.meta", "test_batch", *cifar.TRAIN_BATCHES]:
+        d = pickle.loads((folder / name).read_bytes(), encoding="latin1")
+        if "labels" in d:  # numpy ints, as a re-packer writing list(labels_array) would leave them
+            d["labels"] = list(np.asarray(d["labels"], dtype=np.int64))
+            d["empty"] = b""  # how protocol 2 writes empty bytes: a call of bytes()
+        (folder / name).write_bytes(pickle.dumps(d, protocol=protocol))
+    got = load_cifar10(folder, (N_TRAIN, N_TEST))
+    assert torch.equal(got["train"][0], want["train"][0]) and torch.equal(got["test"][1], want["test"][1])
+
+
+def test_batch_that_is_not_a_dict(tmp_path):
+    folder = write_cifar(tmp_path, as_archive=False)
+    (folder / "batches.meta").write_bytes(pickle.dumps(list(range(10)), protocol=2))
+    with pytest.raises(DatasetError, match="batches.meta in .* holds a list, not a CIFAR-10 batch"):
         load_cifar10(folder, (N_TRAIN, N_TEST))
 
 
