@@ -22,6 +22,7 @@ their docstrings. ``isinstance`` on a protocol with data members looks each memb
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -117,9 +118,19 @@ def upright(im: Image.Image, mode: str) -> Image.Image:
 
 def open_image(path: str | Path, mode: str, size: int) -> Image.Image:
     """The image file at ``path``, decoded by :func:`upright`. JPEGs are decoded at the smallest scale (1/2 to
-    1/8) that still gives ``size`` pixels a side: the image is resized to ``size`` afterwards anyway. PIL's own
-    errors pass through: each side says what they mean for it."""
-    with Image.open(path) as im:
+    1/8) that still gives ``size`` pixels a side: the image is resized to ``size`` afterwards anyway.
+
+    An image of more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` (``None``: no limit) is refused (``ValueError``)
+    before its pixels are decoded: a small file can claim a size that takes gigabytes to decode (a decompression
+    bomb), and PIL itself only warns up to twice the limit. PIL's own errors pass through: each side says what they
+    mean for it, and names the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)  # reads the header only; PIL compares the size it claims with the limit here
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise ValueError(f"refused before decoding: {str(e).rstrip('.')} (Image.MAX_IMAGE_PIXELS)") from e
+    with im:
         im.draft(mode, (size, size))
         return upright(im, mode)
 

@@ -170,3 +170,19 @@ def test_kwargs_side_file_downloads_too(server, tmp_path, monkeypatch):
     assert set(side["keys"]) <= set(got) and len(server.requests) == 1
     assert sha256_of(cache_dir() / side["file"]) == side["sha256"]
     assert zoo.get_weights(name).kwargs == got and len(server.requests) == 1
+
+
+def test_corrupt_file_without_url_is_not_advised_to_be_deleted(tmp_path, monkeypatch):
+    """Deleting a corrupt file brings it back only from a url: without one, the advice is to put the file back."""
+    folder = tmp_path / "ckpts"
+    write_manifest(folder, {NAME: REPO_MANIFEST[NAME]})  # no url
+    (folder / REPO_MANIFEST[NAME]["file"]).write_bytes(WEIGHTS[:-1])
+    monkeypatch.setenv("ZOO_CHECKPOINTS", str(folder))
+    with pytest.raises(PretrainedError, match="Refusing to load it; put the published file") as info:
+        zoo.load_pretrained(NAME)
+    assert "delete" not in str(info.value) and REPO_MANIFEST[NAME]["sha256"] in str(info.value)
+    monkeypatch.delenv("ZOO_CHECKPOINTS")  # the repository's folder (a copy here): restored from git
+    monkeypatch.setattr(store, "PACKAGED", tmp_path / "no-wheel")
+    monkeypatch.setattr(store, "REPOSITORY", folder)
+    with pytest.raises(PretrainedError, match=r"restore it \(git checkout in the repository\)\.$"):
+        zoo.load_pretrained(NAME)

@@ -180,9 +180,19 @@ def test_bad_checkpoints_say_what_is_wrong(tmp_path, finetuned):
     ckpt = torch.load(finetuned[0], weights_only=True)
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         zoo.load_checkpoint(tmp_path / "missing.ckpt")
+    truncated = tmp_path / "truncated.ckpt"  # a save or a copy cut short: the file is named, and what it is
+    truncated.write_bytes(finetuned[0].read_bytes()[:2000])
+    with pytest.raises(
+        CheckpointError, match=r"truncated.ckpt cannot be read: it is corrupt, truncated at 2,000 bytes \(a zip"
+    ):
+        zoo.load_checkpoint(truncated)
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.ckpt cannot be read: it is empty \(0 bytes"):
+        zoo.load_checkpoint(empty)
     corrupt = tmp_path / "corrupt.ckpt"
-    corrupt.write_bytes(finetuned[0].read_bytes()[:2000])
-    with pytest.raises(CheckpointError, match="corrupt, truncated"):
+    corrupt.write_bytes(b"\x80\x02 not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"corrupt.ckpt cannot be read \(UnpicklingError: .*corrupt, truncated"):
         zoo.load_checkpoint(corrupt)
     other = tmp_path / "other.ckpt"  # another library's Lightning checkpoint: no arch
     torch.save({"state_dict": ckpt["state_dict"], "hyper_parameters": {"lr": 0.1}}, other)

@@ -199,6 +199,20 @@ def test_image_inputs_refused_with_a_reason(tmp_path):
         zoo.create_model("lenet5").predict(torch.zeros(3, 32, 32))
 
 
+def test_image_predict_refuses_a_decompression_bomb(tmp_path, monkeypatch):
+    """An image whose header claims more pixels than PIL's limit is refused before decoding, named; PIL only warns
+    below twice the limit (the limit is lowered here: a real bomb is a small file that claims 200 megapixels)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    model = zoo.load_pretrained("lenet5.cifar10")
+    for side in (40, 50):  # 1,600 pixels: PIL warns; 2,500: PIL raises DecompressionBombError
+        path = tmp_path / f"bomb{side}.png"
+        Image.new("RGB", (side, side)).save(path)
+        with pytest.raises(ValueError, match=f"bomb{side}.png .*refused before decoding: Image size"):
+            model.predict(path)
+    Image.new("RGB", (30, 30)).save(tmp_path / "small.png")
+    assert len(model.predict(tmp_path / "small.png")) == 1
+
+
 def test_weights_bring_names_and_preprocessing_unless_the_head_is_reset():
     model = zoo.load_pretrained("lenet5.cifar10")
     assert (

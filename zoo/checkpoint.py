@@ -5,6 +5,7 @@ rebuilt as its task, for inference, evaluation or publishing. Resuming a run is 
 from __future__ import annotations
 
 import inspect
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -27,13 +28,35 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (truncated zip, pickle refused by weights_only, ...)
-        raise CheckpointError(
-            f"{path} cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0]}). It is corrupt, truncated, "
-            "or holds Python objects that weights_only=True refuses; it is not loaded unsafely."
-        ) from e
+        raise CheckpointError(_unreadable(path, e)) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt.get("hyper_parameters", {}):
         raise CheckpointError(f"{path} is not a lightning-zoo training checkpoint (no state_dict / model arch)")
     return ckpt
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive, whose directory is at its end
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why ``torch.load`` failed on ``path``: from the file itself where it shows (empty, or a zip archive cut short:
+    a save or a copy that did not finish), else from the error."""
+    unfinished = "a save or copy that did not finish; save or copy it again"
+    size = path.stat().st_size
+    if size == 0:
+        return f"{path} cannot be read: it is empty (0 bytes: {unfinished})"
+    with open(path, "rb") as f:
+        zip_start = f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    if zip_start and not zipfile.is_zipfile(path):
+        cut = f"truncated at {size:,} bytes (a zip archive without its end: {unfinished})"
+        return f"{path} cannot be read: it is corrupt, {cut}"
+    text = str(error)
+    if "WeightsUnpickler error:" in text:  # what torch advises before it (weights_only=False) is what we refuse
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "no message")
+    return (
+        f"{path} cannot be read ({type(error).__name__}: {first}): it is corrupt, truncated, or holds Python objects "
+        "that weights_only=True refuses; it is not loaded unsafely"
+    )
 
 
 # Hyperparameters that only initialise weights which the checkpoint's state_dict then replaces: rebuilding with them

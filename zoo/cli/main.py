@@ -5,22 +5,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
+from PIL import UnidentifiedImageError
 from rich.console import Console
 from rich.table import Table
 
 import zoo
-from zoo.checkpoint import CheckpointError
+from datamodules import DatasetError
+from datamodules.contract import open_image
+from zoo.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from zoo.cli.card import model_card
 from zoo.cli.readme import render_readme
-from zoo.weights import PretrainedError, local_places, read_manifest, sha256_of
+from zoo.weights import PretrainedError, checkpoint_dir, find_weights, local_places, read_manifest, sha256_of
+from zoo.weights.manifest import MANIFEST
 from zoo.weights.measure import build_datamodule, evaluate
 from zoo.weights.publish import FP16_TOLERANCE, publish
 
 __all__ = ["main", "EVALUATE_TOLERANCE"]
 
 EVALUATE_TOLERANCE = 0.1  # points (see headline_metric) within which `zoo evaluate` calls a metric reproduced
+DEBUG_ENV = "ZOO_DEBUG"  # set (to anything but 0) as --debug is: errors come with their traceback
+
+# Errors in what the user passed (a name, a file, an option, the data): their message alone, exit 2. Any other
+# exception is a fault of the zoo: one line with its type, exit 1; --debug shows the traceback of either.
+USER_ERRORS = (PretrainedError, CheckpointError, DatasetError, zoo.UnknownModelError, ValueError, OSError)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -34,6 +46,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if "." in args.name:  # model.tag: an unknown tag is answered with the model's published ones, not model names
+        find_weights(args.name)
     card = model_card(args.name)
     if args.json:
         print(json.dumps(card, indent=1, ensure_ascii=False))
@@ -68,19 +82,56 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(name: str):
-    """Published weights ``model.tag`` (or a model with one set), or a train.py ``.ckpt``."""
-    if name.endswith(".ckpt") or "/" in name:
-        return zoo.load_checkpoint(name)
+def _is_checkpoint(name: str) -> bool:
+    """A train.py ``.ckpt`` (a path), not published weights (``model.tag``) or a model name."""
+    return name.endswith(".ckpt") or "/" in name
+
+
+def _model_for(name: str) -> tuple[str, Callable[[], object]]:
+    """What ``name`` means: published weights ``model.tag``, a model with one set, or a train.py ``.ckpt``. Returns
+    the registered model it is and a function that loads it, so that its inputs can be checked before the weights
+    are hashed, downloaded or built."""
+    if _is_checkpoint(name):
+        ckpt = read_checkpoint(name)
+        return ckpt["hyper_parameters"]["arch"], lambda: model_from_checkpoint(ckpt, name).eval()
     if "." in name:  # model.tag: an unknown tag is answered with the available ones
-        return zoo.load_pretrained(name)
-    return zoo.create_model(name, pretrained=True).eval()
+        weights = find_weights(name)
+        return weights.model, lambda: zoo.load_pretrained(weights)
+    zoo.model_info(name)  # an unknown model: close names suggested
+    return name, lambda: zoo.create_model(name, pretrained=True).eval()
+
+
+def _check_images(paths: list[str]) -> None:
+    """Every input of an image model decoded, as ``predict`` decodes it (JPEGs at their smallest scale: cheap),
+    before the model is loaded: the unreadable ones are all named at once, and nothing has been run."""
+    bad = {}
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            bad[given] = "no such file"
+        elif not path.is_file():
+            bad[given] = "not a file"
+        else:
+            try:
+                open_image(path, "RGB", 1)
+            except UnidentifiedImageError:
+                bad[given] = "not an image PIL can read"
+            except Exception as e:  # noqa: BLE001 (truncated, too large, unreadable ...: decoding failed, say how)
+                bad[given] = f"{type(e).__name__}: {_first_line(e)}"
+    if len(bad) == 1 == len(paths):
+        raise ValueError(f"{paths[0]} cannot be read as an image: {bad[paths[0]]}")
+    if bad:
+        listed = "; ".join(f"{given} ({why})" for given, why in bad.items())
+        raise ValueError(f"{len(bad)} of the {len(paths)} inputs cannot be read as images, none was run: {listed}")
 
 
 def _predict(args: argparse.Namespace) -> int:
     import inspect
 
-    model = _load(args.name)
+    arch, load = _model_for(args.name)
+    if arch in zoo.list_models() and zoo.model_info(arch).kind == "image":  # else load() says the arch is unknown
+        _check_images(args.inputs)
+    model = load()
     options = {"top_k": args.top_k, "beam": args.beam, "length": args.length, "temperature": args.temperature}
     options |= {"seed": args.seed, "tta": args.tta}
     _check_tta(model, args.tta, args.name)
@@ -113,6 +164,12 @@ def _render(result) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if _is_checkpoint(args.name):  # else it would be looked up as a weights name, and reported as unknown
+        raise ValueError(
+            f"{args.name} is a checkpoint: zoo evaluate re-measures published weights against their manifest entry; "
+            f"test a checkpoint with `python train.py test --model <model> --data <data> --ckpt_path {args.name}`, or "
+            "publish it (zoo publish), which measures it"
+        )
     weights = zoo.get_weights(args.name)
     name, published_metrics = weights.name, weights.metrics
     if not weights.data:
@@ -146,9 +203,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     """Every file of every manifest entry, where it is on this machine, against its sha256."""
+    manifest, path = read_manifest(), checkpoint_dir() / MANIFEST  # no manifest there: an error that says where
+    if not manifest:
+        print(f"{path} lists no weights: nothing to verify")
+        return 1
     table = Table("weights", "file", "where", "status")
     bad = 0
-    for name, w in read_manifest().items():
+    for name, w in manifest.items():
         for spec in w.file_specs:
             found = [path for path in local_places(spec["file"]) if path.is_file()]
             if not found:
@@ -160,7 +221,11 @@ def _verify(args: argparse.Namespace) -> int:
                 bad += not ok
                 table.add_row(name, spec["file"], str(path.parent), "ok" if ok else "SHA256 MISMATCH: do not use")
     Console().print(table)
-    print(f"{bad} problem(s)" if bad else "every local weights file matches the manifest")
+    print(
+        f"{bad} problem(s)"
+        if bad
+        else f"every local weights file matches the manifest ({len(manifest)} entries, {path})"
+    )
     return 1 if bad else 0
 
 
@@ -184,26 +249,34 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _readme(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     path = Path(args.path)
     path.write_text(render_readme(path.read_text()))
     print(f"updated {path}")
     return 0
 
 
+def _first_line(e: BaseException) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), "no message")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zoo", description="lightning-zoo: models, weights and tools")
+    debug = "show the full traceback of an error (also: ZOO_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug)
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command too; SUPPRESS keeps the one before
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="registered models (glob PATTERN), with their published weights")
+    p = sub.add_parser("list", parents=[common], help="registered models (glob PATTERN), with their published weights")
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--pretrained", action="store_true", help="only models with published weights")
     p.set_defaults(fn=_list)
-    p = sub.add_parser("info", help="the model card of a model or of published weights (model.tag)")
+    p = sub.add_parser("info", parents=[common], help="the model card of a model or of published weights (model.tag)")
     p.add_argument("name", help="a registered model (zoo list) or published weights, e.g. resnet20.cifar10")
     p.add_argument("--json", action="store_true", help="print the card as JSON")
     p.set_defaults(fn=_info)
-    p = sub.add_parser("predict", help="run published weights or a train.py checkpoint on your inputs")
+    p = sub.add_parser(
+        "predict", parents=[common], help="run published weights or a train.py checkpoint on your inputs"
+    )
     p.add_argument("name", help="published weights (resnet20.cifar10), a model with one set, or a .ckpt path")
     p.add_argument("inputs", nargs="+", help="image files for CNNs; strings for text models (quote them)")
     p.add_argument("--top-k", type=int, default=None, help="classes shown per input (classifiers)")
@@ -214,14 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", choices=["flip"], default=None, help="test-time augmentation (images; off by default)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(fn=_predict)
-    p = sub.add_parser("evaluate", help="re-measure published weights' test metric on the real data")
+    p = sub.add_parser("evaluate", parents=[common], help="re-measure published weights' test metric on the real data")
     p.add_argument("name", help="published weights, e.g. resnet20.cifar10 (or a model with one set)")
     p.add_argument("--data-dir", default=None, help="dataset root (default: $ZOO_DATA_DIR)")
     p.add_argument("--tta", choices=["flip"], default=None, help="test-time augmentation (images; off by default)")
     p.set_defaults(fn=_evaluate)
-    p = sub.add_parser("verify", help="check every local weights file against the manifest's sha256")
+    p = sub.add_parser("verify", parents=[common], help="check every local weights file against the manifest's sha256")
     p.set_defaults(fn=_verify)
-    p = sub.add_parser("publish", help="turn a train.py checkpoint into published weights (measures the test metric)")
+    p = sub.add_parser(
+        "publish", parents=[common], help="turn a train.py checkpoint into published weights (measures the test metric)"
+    )
     p.add_argument("checkpoint", help="a .ckpt written by train.py (e.g. runs/<name>/version_0/checkpoints/best.ckpt)")
     p.add_argument("--tag", required=True, help="weights are named <model>.<tag>, e.g. cifar10")
     p.add_argument("--recipe", required=True, help="the config that trained it, e.g. configs/resnet20.cifar10.yaml")
@@ -241,15 +316,25 @@ def main(argv: list[str] | None = None) -> int:
         help="checkpoints of the same recipe with other seeds: their test metric is recorded beside (mean, std)",
     )
     p.set_defaults(fn=_publish)
-    p = sub.add_parser("readme", help="regenerate the README's model and weights tables from registry and manifest")
+    p = sub.add_parser(
+        "readme", parents=[common], help="regenerate the README's model and weights tables from registry and manifest"
+    )
     p.add_argument("path", nargs="?", default="README.md")
     p.set_defaults(fn=_readme)
     args = parser.parse_args(argv)
+    if args.debug or os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
+        return args.fn(args)  # any error propagates, with its traceback
     try:
         return args.fn(args)
-    except (PretrainedError, CheckpointError, zoo.UnknownModelError, RuntimeError, ValueError, OSError) as e:
-        print(f"zoo: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"zoo: error: {str(e).strip() or type(e).__name__}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 (a fault of the zoo, not of the input: one line, the traceback on demand)
+        print(f"zoo: error: {type(e).__name__}: {_first_line(e)} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo.weights.store import PretrainedError, checkpoint_dir
+from zoo.weights.store import CHECKPOINTS_ENV, PretrainedError, checkpoint_dir
 
 __all__ = ["Weights", "read_manifest", "write_manifest", "weights_names", "find_weights"]
 
@@ -80,12 +81,17 @@ _cache: dict[Path, tuple[tuple[int, int], dict[str, Weights]]] = {}
 
 
 def read_manifest(directory: Path | None = None) -> dict[str, Weights]:
-    """The entries of ``directory``'s manifest (default: ``checkpoint_dir()``), by name; empty when there is none."""
+    """The entries of ``directory``'s manifest, by name; empty when it has none (a folder about to be published
+    into). Without ``directory``, the published weights (``checkpoint_dir()``), whose manifest must be there: a
+    ``$ZOO_CHECKPOINTS`` with a typo would otherwise read as a zoo without weights, and every look-up would pass
+    or fail for the wrong reason."""
     path = (directory or checkpoint_dir()) / MANIFEST
     try:
         stat = path.stat()
-    except FileNotFoundError:
-        return {}
+    except (FileNotFoundError, NotADirectoryError):
+        if directory is not None:
+            return {}
+        raise _no_manifest(path) from None
     stamp = (stat.st_mtime_ns, stat.st_size)
     cached = _cache.get(path)
     if cached is None or cached[0] != stamp:
@@ -95,6 +101,25 @@ def read_manifest(directory: Path | None = None) -> dict[str, Weights]:
             raise PretrainedError(f"{path} is not valid JSON ({e}); restore it from git") from e
         cached = _cache[path] = (stamp, {n: Weights.from_json(n, d) for n, d in raw.items()})
     return dict(cached[1])
+
+
+def _no_manifest(path: Path) -> PretrainedError:
+    """The published weights' manifest is not at ``path``: where that was looked for, and why there."""
+    folder = path.parent
+    why = (
+        "does not exist" if not folder.exists() else "is not a folder" if not folder.is_dir() else f"has no {MANIFEST}"
+    )
+    env = os.environ.get(CHECKPOINTS_ENV)
+    if env:
+        return PretrainedError(
+            f"{CHECKPOINTS_ENV}={env}: {folder} {why}, so no published weights can be looked up there. Point it at "
+            f"a folder that holds a {MANIFEST} and the files it names (a copy of checkpoints/), or unset it to use "
+            "the weights that come with lightning-zoo"
+        )
+    return PretrainedError(
+        f"the published weights of lightning-zoo are looked for in {folder}, which {why}: the installation is "
+        f"incomplete (reinstall it), or set {CHECKPOINTS_ENV} to a folder that holds a {MANIFEST}"
+    )
 
 
 def write_manifest(entries: dict[str, Weights], directory: Path) -> Path:
@@ -109,11 +134,16 @@ def weights_names(pattern: str = "*") -> list[str]:
 
 
 def find_weights(name: str) -> Weights:
-    """The manifest entry ``name`` (not yet resolved: no file looked at); an unknown name lists the known ones."""
+    """The manifest entry ``name`` (not yet resolved: no file looked at); an unknown name lists the weights published
+    for its model, or, when that model has none, every published name."""
     manifest = read_manifest()
     if name not in manifest:
         model = name.split(".")[0]
         same = sorted(n for n in manifest if n.split(".")[0] == model)
-        hint = f"available for {model}: {', '.join(same)}" if same else f"available: {', '.join(sorted(manifest))}"
+        hint = (
+            f"available for {model}: {', '.join(same)}"
+            if same
+            else f"{model} has no published weights; available: {', '.join(sorted(manifest)) or 'none'}"
+        )
         raise PretrainedError(f"no published weights named {name!r} in {checkpoint_dir() / MANIFEST}; {hint}")
     return manifest[name]

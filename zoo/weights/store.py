@@ -15,11 +15,20 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-__all__ = ["PretrainedError", "checkpoint_dir", "cache_dir", "local_places", "find_file", "sha256_of"]
+__all__ = [
+    "PretrainedError",
+    "CHECKPOINTS_ENV",
+    "checkpoint_dir",
+    "cache_dir",
+    "local_places",
+    "find_file",
+    "sha256_of",
+]
 
 DOWNLOAD_TIMEOUT_S = 60  # per blocking socket operation (connect, each read), not for the whole file
 PACKAGED = Path(__file__).resolve().parent / "published"  # the weights inside an installed wheel
 REPOSITORY = Path(__file__).resolve().parents[2] / "checkpoints"  # a source checkout (editable install)
+CHECKPOINTS_ENV = "ZOO_CHECKPOINTS"  # another weights folder: a manifest.json and the files it names
 
 
 class PretrainedError(RuntimeError):
@@ -29,7 +38,7 @@ class PretrainedError(RuntimeError):
 def checkpoint_dir() -> Path:
     """``$ZOO_CHECKPOINTS``, else the weights that an installed wheel carries, else the repository's
     ``checkpoints/``."""
-    env = os.environ.get("ZOO_CHECKPOINTS")
+    env = os.environ.get(CHECKPOINTS_ENV)
     if env:
         return Path(env).expanduser()
     return PACKAGED if PACKAGED.is_dir() else REPOSITORY
@@ -60,13 +69,21 @@ def find_file(name: str, spec: dict) -> Path:
     places = local_places(spec["file"])
     for path in places:
         if path.is_file():  # a file that is there but wrong is refused, not skipped: it would hide the problem
-            return _checked(path, spec["sha256"], fix="restore it (git checkout) or delete it to download it again")
+            return _checked(path, spec["sha256"], fix=_repair(path, spec))
     if not spec.get("url"):
         raise PretrainedError(
             f"a file of the weights {name!r} is missing: looked for {places[0]} and {places[1]}, and the manifest "
             f"gives no url to download it from. Put {spec['file']} (sha256 {spec['sha256']}) in one of those folders."
         )
     return _download(name, spec["url"], places[1], spec["sha256"])
+
+
+def _repair(path: Path, spec: dict) -> str:
+    """What to do about a local file with the wrong sha256: put the published one back where it came from; deleting
+    it helps only when the entry has a ``url`` to download it from again (without one, the weights are then gone)."""
+    origin = {REPOSITORY: "restore it (git checkout in the repository)", PACKAGED: "reinstall lightning-zoo"}
+    fix = origin.get(path.parent.resolve(), f"put the published file (sha256 {spec['sha256']}) in its place")
+    return fix + (", or delete it to download it again" if spec.get("url") else "")
 
 
 def _checked(path: Path, sha256: str, fix: str) -> Path:
