@@ -18,6 +18,7 @@ __all__ = [
     "Cutout",
     "augmentation",
     "check_augmentation",
+    "check_cutout",
     "normalisation",
     "PADDING_MODES",
     "sample_key",
@@ -58,17 +59,38 @@ def check_augmentation(
     cutout: int,
     batch_size: int,
     num_workers: int,
+    size: int | None = None,
 ) -> None:
-    """Raise ValueError, naming the allowed values, for flags the pipeline (or a DataLoader) would reject later."""
+    """Raise ValueError, naming the flag and its allowed values, for flags the pipeline (or a DataLoader) would
+    reject later or that make no sense for ``size`` x ``size`` training images (when the caller knows ``size``;
+    ``augmentation`` checks the same when it builds the pipeline)."""
     for name, p in (("hflip", hflip), ("vflip", vflip)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} is a probability in [0, 1], got {p}")
-    if min(crop_padding, cutout, rotation, noise_std, batch_size - 1, num_workers) < 0:
-        raise ValueError("crop_padding, cutout, rotation, noise_std, num_workers must be >= 0, batch_size >= 1")
+    for name, v in (("crop_padding", crop_padding), ("rotation", rotation), ("noise_std", noise_std)):
+        if v < 0:
+            raise ValueError(f"{name} must be >= 0 (0 turns it off), got {v}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0 (0 loads in the main process), got {num_workers}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_cutout(cutout, size)
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be constant, reflect, edge or symmetric, got {padding_mode!r}")
     if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1]):
         raise ValueError(f"scale is a range [min, max] with 0 < min <= max, got {scale}")
+
+
+def check_cutout(cutout: int, size: int | None = None) -> None:
+    """Refuse a negative Cutout side, or one larger than the ``size`` x ``size`` images it is cut from: clipped at
+    the border, such a square blanks (nearly) every image, and the model learns from none."""
+    if cutout < 0:
+        raise ValueError(f"cutout must be >= 0 (the side of the square in pixels; 0 turns it off), got {cutout}")
+    if size is not None and cutout > size:
+        raise ValueError(
+            f"cutout={cutout} is larger than the {size}x{size} training images: its square would blank (nearly) "
+            f"every image. Use at most {size} pixels (DeVries & Taylor 2017 cut 16 of CIFAR-10's 32), or 0 for none"
+        )
 
 
 def normalisation(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
@@ -95,6 +117,7 @@ def augmentation(
     Geometric transforms run on uint8 (cheaper, and exact for flips and crops), noise on [0, 1] pixels so
     ``noise_std`` does not depend on the dataset's statistics, Cutout last so the patch is the mean colour.
     """
+    check_cutout(cutout, size)  # where the size is known for sure: what every image DataModule builds
     ops: list = []
     if crop_padding:
         ops.append(v2.RandomCrop(size, padding=crop_padding, padding_mode=padding_mode))

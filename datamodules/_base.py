@@ -4,19 +4,37 @@ over the ``train_set`` / ``val_set`` / ``test_set`` that ``setup`` builds, sized
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-__all__ = ["EpochSampler", "EpochShuffle", "ResumableLoader", "SplitLoaders", "SplitDataModule", "run_seed"]
+__all__ = [
+    "EpochSampler",
+    "EpochShuffle",
+    "ResumableLoader",
+    "SplitLoaders",
+    "SplitDataModule",
+    "init_arguments",
+    "run_seed",
+]
 
 
 def run_seed() -> int:
     """The run's seed, as ``seed_everything`` (the CLI's ``--seed_everything``) set it; 0 without one."""
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def init_arguments(cls: type, args: Mapping[str, Any]) -> dict[str, Any]:
+    """``args`` (a DataModule's saved init arguments, perhaps only some) completed with the defaults of ``cls``."""
+    empty = inspect.Parameter.empty
+    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not empty}
+    return {**defaults, **args}
 
 
 class EpochSampler(DistributedSampler):
@@ -96,6 +114,35 @@ class ResumableLoader(DataLoader):
 
 class SplitLoaders(L.LightningDataModule):
     """``train_dataloader`` ... ``predict_dataloader`` from one ``_loader(split, train)`` (predict reads test)."""
+
+    @classmethod
+    def describe_splits(cls, args: Mapping[str, Any]) -> dict[str, str]:
+        """Where the ``val`` and ``test`` splits of this DataModule, built with init arguments ``args``, come from,
+        in words (what a model card says of the data its figures were measured on); from the arguments alone, so it
+        can be said where the data is not.
+
+        This default reads the split arguments the DataModules share: ``val_size``, or ``val_fraction`` and
+        ``test_fraction`` (held out by ``split_seed``); ``train_end`` and ``val_end`` (one text cut by position);
+        none of them: the dataset's own splits. A DataModule whose splits depend on its files says so itself."""
+        a, name = init_arguments(cls, args), cls.__name__
+        seed = f", split_seed={a['split_seed']}" if "split_seed" in a else ""
+        if "train_end" in a and "val_end" in a:
+            cut = f"train_end={a['train_end']}, val_end={a['val_end']}"
+            return {
+                "val": f"the text from {a['train_end']:.0%} to {a['val_end']:.0%} of its length ({name}: {cut})",
+                "test": f"the last {1 - a['val_end']:.0%} of the text ({name}: {cut})",
+            }
+        if "val_size" in a:
+            val = f"{a['val_size']:,} examples held out of train by {name} (val_size={a['val_size']}{seed})"
+        elif "val_fraction" in a:
+            val = f"held out of the data by {name} (val_fraction={a['val_fraction']}{seed})"
+        else:
+            val = "the dataset's own validation split"
+        if "test_fraction" in a:
+            test = f"held out of the data by {name} (test_fraction={a['test_fraction']}{seed})"
+        else:
+            test = "the dataset's own test split"
+        return {"val": val, "test": test}
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         raise NotImplementedError

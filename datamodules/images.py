@@ -1,6 +1,6 @@
 """Bring-your-own images: fine-tune any zoo CNN on a folder of class folders (``--data images --data.root PATH``).
 
-Layouts (class names are the sorted folder names of the train split):
+Layouts (class names are the sorted folder names of the train split; at least two):
 
 - ``root/<class>/*.jpg`` (also .jpeg .png .bmp .webp, in subfolders too): one pool, split per class into
   train/val/test by a seeded permutation (stratified, so every split keeps the class balance, and the same
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -30,7 +31,7 @@ from torchvision.transforms.v2 import functional as F
 
 from datamodules import DatasetError
 from datamodules._augment import AUGMENT_ARGS, augmentation, check_augmentation, normalisation, sample_key, seeded
-from datamodules._base import SplitDataModule
+from datamodules._base import SplitDataModule, init_arguments
 from datamodules.contract import IMAGE_MODES, open_image
 
 __all__ = ["ImageFolderDataModule", "ImageFiles", "IMAGE_EXTENSIONS", "find_splits", "scan_classes", "split_per_class"]
@@ -107,6 +108,17 @@ def scan_classes(folder: Path) -> dict[str, list[Path]]:
     if empty:
         raise DatasetError(f"{folder}: class folders without images ({' '.join(IMAGE_EXTENSIONS)}): {', '.join(empty)}")
     return out
+
+
+def _check_classes(folder: Path, classes: list[str]) -> list[str]:
+    """``classes``, the class folders found in ``folder``, if there are at least two: with one, every image has the
+    same label and there is nothing to learn (a classifier's metrics are not even defined)."""
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{folder} has {len(classes)} class folder ({', '.join(c + '/' for c in classes)}): a classifier needs "
+            f"at least 2 classes. Add a folder of images for each other class next to it (expected {LAYOUT})"
+        )
+    return classes
 
 
 def _check_image(path: Path) -> str | None:
@@ -204,7 +216,8 @@ class ImageFolderDataModule(SplitDataModule):
             such split; each in [0, 1), together < 1. 0 leaves that split empty.
         split_seed: seed of the per-class permutation (fixed so val and test stay unseen across runs) and of the
             images drawn for the statistics.
-        hflip, vflip, crop_padding, padding_mode, rotation, scale, noise_std, cutout: as in CIFAR10DataModule.
+        hflip, vflip, crop_padding, padding_mode, rotation, scale, noise_std, cutout: as in CIFAR10DataModule
+            (``cutout`` at most ``image_size``).
         mean, std: per-channel normalisation; None computes them on up to 2,000 train images at ``setup``, logs
             them and stores them in the hyperparameters (so a checkpoint replays them exactly). Pass a pretrained
             model's values to keep its input distribution when fine-tuning.
@@ -236,7 +249,9 @@ class ImageFolderDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # first, so the shared check reads the augmentation flags by name
-        check_augmentation(**{k: self.hparams[k] for k in (*AUGMENT_ARGS, "batch_size", "num_workers")})
+        check_augmentation(
+            **{k: self.hparams[k] for k in (*AUGMENT_ARGS, "batch_size", "num_workers")}, size=image_size
+        )
         for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= f < 1.0:
                 raise ValueError(f"{name} is a share of each class in [0, 1), got {f}")
@@ -265,13 +280,33 @@ class ImageFolderDataModule(SplitDataModule):
         self._splits: dict[str, list[tuple[Path, int]]] | None = None
         self.train_set = self.val_set = self.test_set = None
 
+    @classmethod
+    def describe_splits(cls, args: Mapping[str, Any]) -> dict[str, str]:
+        """The folder's own ``val/`` and ``test/`` where it has them (looked up on this machine), else the share of
+        each class held out by ``split_seed``."""
+        a = init_arguments(cls, args)
+        root = Path(a["root"]).expanduser()
+        try:
+            folders = find_splits(root)
+        except DatasetError:  # not on this machine: say the rule
+            folders = None
+        out = {}
+        for split in ("val", "test"):
+            share = a[f"{split}_fraction"]
+            held = f"{share:.0%} of each class held out of train by {cls.__name__} (split_seed={a['split_seed']})"
+            held = held if share else f"none ({split}_fraction=0)"
+            own = f"the folder's own {split} split ({folders[split]})" if folders and split in folders else held
+            out[split] = f"{root}/{split}/ if the folder has one, else {held}" if folders is None else own
+        return out
+
     # -- classes and files ---------------------------------------------------------------------------------
     @property
     def classes(self) -> list[str]:
         """Sorted class folder names of the train split; only lists folders, so it is cheap before ``setup``."""
         if self._classes is None:
             folders = find_splits(self.root)
-            self._classes = [p.name for p in _subdirs(folders.get("train", folders.get("pool")))]
+            main = folders.get("train", folders.get("pool"))
+            self._classes = _check_classes(main, [p.name for p in _subdirs(main)])
         return self._classes
 
     @property
@@ -285,7 +320,7 @@ class ImageFolderDataModule(SplitDataModule):
         folders = find_splits(self.root)
         scanned = {split: scan_classes(folder) for split, folder in folders.items()}
         main = "pool" if "pool" in scanned else "train"
-        classes = sorted(scanned[main])
+        classes = _check_classes(folders[main], sorted(scanned[main]))
         for split, per_class in scanned.items():
             extra, missing = sorted(set(per_class) - set(classes)), sorted(set(classes) - set(per_class))
             if extra or missing:

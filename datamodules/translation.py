@@ -4,9 +4,13 @@ Where the corpus comes from (``path``):
 - a folder of split files ``train.<lang>``, ``val.<lang>`` (or ``valid`` / ``dev``), ``test*.<lang>``, plain or
   gzipped, line ``i`` of the source file aligned with line ``i`` of the target file. The default is
   ``<data_dir>/multi30k`` (Multi30k task 1: ``train``, ``val``, ``test_2016_flickr``; Elliott et al. 2016);
-- a pair of line-aligned files (``source`` and ``target``), or one ``.tsv`` file with the source in its first
-  column and the target in its second (extra columns ignored): split by ``split_seed`` into train / val / test;
+- a pair of line-aligned files (``source`` and ``target``), or one ``.tsv`` file with the source in column
+  ``source_column`` and the target in ``target_column`` (the first and second by default; other columns ignored):
+  split by ``split_seed`` into train / val / test (``val_fraction``, ``test_fraction``);
 - ``source`` alone: each line is its own target (a sequence autoencoder's data).
+
+Any readable path works, a pipe too (``--data.source <(cut -f2 corpus.tsv)``): each file is read once (by one
+process: under DDP every process reads the files, so give them real files).
 
 Tokenisation (``tokenizer``), learned on the train split only:
 - ``word``: the regular expression ``WORD`` below (runs of letters/digits, with inner apostrophes and hyphens
@@ -14,9 +18,9 @@ Tokenisation (``tokenizer``), learned on the train split only:
   become ``<unk>``); the model joins its output words by rule (``zoo.tasks.text_codec.detokenize``);
 - ``bpe``: byte-pair encoding (Sennrich et al. 2016) with the ``tokenizers`` library, ``bpe_vocab_size`` symbols
   per language, spaces kept as the ``▁`` marker so decoding gives back the exact text.
-``lowercase`` lowercases both sides first. Training pairs with a side longer than ``max_len`` tokens or an empty
-side are left out (the counts are printed); validation and test keep every pair that has both sides, so their
-BLEU is on the whole split.
+``lowercase`` lowercases both sides first. Training pairs with a side longer than ``max_len`` tokens (counted after
+tokenising, so BPE pieces for ``bpe``) or an empty side are left out, and the log says how many; validation and
+test keep every pair that has both sides, so their BLEU is on the whole split.
 
 Batches: ``(src (B, S), src_lengths (B,), tgt (B, T), index (B,))`` with ``tgt`` = ``<bos> ... <eos>``, padded
 with 0, bucketed by source length; ``index`` points into ``references[split]`` (the raw target sentences, for
@@ -29,14 +33,16 @@ from __future__ import annotations
 import gzip
 import random
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from datamodules import DatasetError, default_data_dir
-from datamodules._base import SplitLoaders
+from datamodules._base import SplitLoaders, init_arguments
 from datamodules.contract import BOS, EOS, PAD_ID, UNK
 from datamodules.contract import SEQ2SEQ_SPECIALS as SPECIALS  # ids 0-3 on both sides
 from datamodules.text import Vocab, bucket_loader
@@ -49,6 +55,15 @@ _WORD = re.compile(WORD)
 
 def word_tokenize(text: str) -> list[str]:
     return _WORD.findall(text)
+
+
+def _check_readable(path: Path) -> None:
+    """Refuse a path that names nothing or a folder; anything else that can be opened (a file, a pipe such as
+    ``<(cut -f2 corpus.tsv)``, a device) is read as text."""
+    if path.is_dir():
+        raise DatasetError(f"{path} is a folder: give a text file of one sentence per line")
+    if not path.exists():
+        raise DatasetError(f"no file at {path}")
 
 
 def read_lines(path: Path) -> list[str]:
@@ -102,13 +117,34 @@ def _train_bpe(lines: list[str], vocab_size: int):
 
 
 class TranslationDataModule(SplitLoaders):
-    """Args:
-    path: a folder of split files or a ``.tsv`` file (default ``<data_dir>/multi30k``); see the module docstring.
-    source, target: a pair of line-aligned files instead (split by seed).
-    src_lang, tgt_lang: the file suffixes in a folder of splits (``de`` -> ``en`` by default).
-    tokenizer: ``word`` or ``bpe``; ``lowercase``, ``min_freq``, ``max_vocab`` (word), ``bpe_vocab_size`` (bpe).
-    max_len: training pairs with a longer side (in tokens) are left out.
-    val_fraction, test_fraction, split_seed: the split of a corpus that has none.
+    """Parallel text in train / val / test splits (see the module docstring for the layouts and the tokenisers).
+
+    Args:
+        path: a folder of split files or a ``.tsv`` file (any readable path, a pipe too); default
+            ``<data_dir>/multi30k``.
+        source: a file of source lines instead of ``path`` (any readable path, e.g. ``<(cut -f2 corpus.tsv)``;
+            read once); given alone, each line is also its own target (a sequence autoencoder's data).
+        target: the file of target lines, line ``i`` the translation of source line ``i``.
+        data_dir: the folder holding ``multi30k/`` when ``path`` is not given (default ``$ZOO_DATA_DIR``).
+        src_lang: the source file suffix in a folder of splits (``train.de``).
+        tgt_lang: the target file suffix in a folder of splits (``train.en``).
+        source_column: the column of a ``.tsv`` file holding the source (0-based; negative counts from the end).
+        target_column: the column of a ``.tsv`` file holding the target (0-based; negative counts from the end).
+        tokenizer: ``word`` (a vocabulary of words) or ``bpe`` (byte-pair encoding, ``bpe_vocab_size`` symbols).
+        lowercase: lowercase both sides before tokenising.
+        min_freq: ``word``: tokens seen fewer times in train become ``<unk>``.
+        max_vocab: ``word``: keep at most this many tokens per side (the most frequent).
+        bpe_vocab_size: ``bpe``: symbols per language.
+        max_len: the longest training pair kept, in tokens of either side (after tokenising, without ``<bos>`` /
+            ``<eos>``); longer training pairs are left out, and the log says how many. Validation and test keep every
+            pair, so their BLEU is on the whole split.
+        val_fraction: share of a corpus without its own splits (a ``.tsv`` file, ``source``/``target``) held out
+            for validation; a folder's own val split is used as it is.
+        test_fraction: share of such a corpus held out for test.
+        split_seed: seed of that split (and of the batch shuffling).
+        batch_size: training pairs per batch (bucketed by source length).
+        eval_batch_size: pairs per validation / test batch.
+        num_workers: loader worker processes.
     """
 
     licence = (  # of the default dataset; shown by `zoo info`
@@ -124,6 +160,8 @@ class TranslationDataModule(SplitLoaders):
         data_dir: str | None = None,
         src_lang: str = "de",
         tgt_lang: str = "en",
+        source_column: int = 0,
+        target_column: int = 1,
         tokenizer: str = "word",
         lowercase: bool = False,
         min_freq: int = 2,
@@ -144,6 +182,11 @@ class TranslationDataModule(SplitLoaders):
             raise ValueError("--data.target needs --data.source (the line-aligned source file)")
         if path is not None and source is not None:
             raise ValueError("give either path (a folder of splits or a .tsv) or source/target files, not both")
+        if source is not None and (source_column, target_column) != (0, 1):
+            raise ValueError(
+                "source_column / target_column pick the columns of a .tsv file given as --data.path; with "
+                "--data.source (and --data.target) each file is one side: cut the columns out (cut -f2 file.tsv)"
+            )
         if min(max_len, batch_size, eval_batch_size, min_freq, bpe_vocab_size) < 1:
             raise ValueError("max_len, batch_size, eval_batch_size, min_freq and bpe_vocab_size must be >= 1")
         if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
@@ -153,6 +196,26 @@ class TranslationDataModule(SplitLoaders):
         self.references: dict[str, list[str]] = {}
         self.src_spec: dict | None = None
         self.tgt_spec: dict | None = None
+
+    @classmethod
+    def describe_splits(cls, args: Mapping[str, Any]) -> dict[str, str]:
+        """A folder of splits (Multi30k by default) brings its own val and test files; a ``.tsv`` file or
+        ``source``/``target`` files are split by ``val_fraction``, ``test_fraction`` and ``split_seed``."""
+        a = init_arguments(cls, args)
+        path = Path(a["path"]).expanduser() if a["path"] else None
+        folder = path is None or path.is_dir() or (not path.exists() and not path.suffix)  # as where it was trained
+        if a["source"] is not None or not folder:
+            return super().describe_splits(args)
+        src, tgt = a["src_lang"], a["tgt_lang"]
+        if path is None:
+            return {
+                "val": f"Multi30k's own validation split (val.{src} / val.{tgt})",
+                "test": f"Multi30k's own test split (test_2016_flickr.{src} / .{tgt})",
+            }
+        return {
+            "val": f"the corpus folder's own validation split (its val / valid / dev .{src} and .{tgt} files)",
+            "test": f"the corpus folder's own test split (its test .{src} and .{tgt} files)",
+        }
 
     # -- reading ----------------------------------------------------------------------------------------------
     def corpus_path(self) -> Path:
@@ -166,12 +229,17 @@ class TranslationDataModule(SplitLoaders):
         h = self.hparams
         if h.source is not None:
             src = Path(h.source).expanduser()
-            return self._split(self._aligned(src, Path(h.target).expanduser() if h.target else src))
+            return self._split(self._aligned(src, Path(h.target).expanduser() if h.target else None))
         path = self.corpus_path()
         if path.is_dir():
+            if (h.source_column, h.target_column) != (0, 1):
+                raise DatasetError(
+                    f"{path} is a folder of split files: source_column / target_column pick the columns of a .tsv "
+                    "file; leave them out, or give the .tsv file as --data.path"
+                )
             return {s: self._aligned(*self._split_files(path, s)) for s in ("train", "val", "test")}
-        if path.is_file():
-            return self._split(self._read_tsv(path))
+        if path.exists():  # a file, or a pipe (--data.path <(...)): read once
+            return self._split(self._read_tsv(path, h.source_column, h.target_column))
         hint = " (Multi30k: put its task1/raw files there)" if not h.path else ""
         raise DatasetError(
             f"no corpus at {path}{hint}: give --data.path (a folder of train/val/test files or a .tsv file) or "
@@ -193,11 +261,14 @@ class TranslationDataModule(SplitLoaders):
         return pair[0], pair[1]
 
     @staticmethod
-    def _aligned(src: Path, tgt: Path) -> list[tuple[str, str]]:
+    def _aligned(src: Path, tgt: Path | None) -> list[tuple[str, str]]:
+        """Line ``i`` of ``src`` with line ``i`` of ``tgt`` (of ``src`` itself when None: each file is read once,
+        since a pipe cannot be read twice)."""
         for p in (src, tgt):
-            if not p.is_file():
-                raise DatasetError(f"no file at {p}")
-        a, b = read_lines(src), read_lines(tgt)
+            if p is not None:
+                _check_readable(p)
+        a = read_lines(src)
+        b = a if tgt is None else read_lines(tgt)
         if len(a) != len(b):
             raise DatasetError(
                 f"{src} has {len(a)} lines but {tgt} has {len(b)}: a parallel corpus needs one target line per "
@@ -206,15 +277,23 @@ class TranslationDataModule(SplitLoaders):
         return list(zip(a, b))
 
     @staticmethod
-    def _read_tsv(path: Path) -> list[tuple[str, str]]:
+    def _read_tsv(path: Path, source_column: int = 0, target_column: int = 1) -> list[tuple[str, str]]:
         pairs = []
         for number, line in enumerate(read_lines(path), start=1):
             if not line.strip():
                 continue
             cols = line.split("\t")
-            if len(cols) < 2:
-                raise DatasetError(f"{path}, line {number}: one column; need source<TAB>target ({line[:60]!r})")
-            pairs.append((cols[0], cols[1]))
+            missing = [
+                f"{c} (--data.{side}_column)"
+                for side, c in (("source", source_column), ("target", target_column))
+                if not -len(cols) <= c < len(cols)
+            ]
+            if missing:
+                raise DatasetError(
+                    f"{path}, line {number}: {len(cols)} column{'s' if len(cols) > 1 else ''}, no column "
+                    f"{' or '.join(missing)}, counted from 0; need source<TAB>target ({line[:60]!r})"
+                )
+            pairs.append((cols[source_column], cols[target_column]))
         if not pairs:
             raise DatasetError(f"{path} holds no source<TAB>target rows")
         return pairs
@@ -266,12 +345,13 @@ class TranslationDataModule(SplitLoaders):
             f"{h.src_lang}->{h.tgt_lang} ({h.tokenizer}): {sizes} pairs; vocabularies {len(src.vocab):,} / "
             f"{len(tgt.vocab):,}"
         )
+        rank_zero_info(
+            f"max_len={h.max_len} tokens (either side, training split only): left out {too_long:,} of "
+            f"{len(pairs['train']):,} training pairs longer than that; val and test keep all theirs"
+        )
         dropped = {s: n for s, n in empty.items() if n}
-        if dropped or too_long:
-            rank_zero_info(
-                f"left out: {too_long} training pairs longer than max_len={h.max_len}; pairs with an empty side: "
-                f"{dropped or 0}"
-            )
+        if dropped:
+            rank_zero_info(f"left out pairs with an empty side: {dropped}")
 
     # -- loaders ----------------------------------------------------------------------------------------------
     def _loader(self, split: str, train: bool) -> DataLoader:

@@ -213,7 +213,7 @@ def test_corpus_formats_and_bad_files(tmp_path, toy_tsv):
     with pytest.raises(DatasetError, match=r"a.de.gz has 3 lines but .*b.en has 1"):
         toy_dm(None, source=str(tmp_path / "a.de.gz"), target=str(tmp_path / "b.en")).setup("fit")
     (tmp_path / "bad.tsv").write_text("ein hund .\ta dog .\nonly one column\n")
-    with pytest.raises(DatasetError, match="bad.tsv, line 2: one column"):
+    with pytest.raises(DatasetError, match=r"bad.tsv, line 2: 1 column, no column 1 \(--data.target_column\)"):
         toy_dm(tmp_path / "bad.tsv").setup("fit")
     with pytest.raises(DatasetError, match="no corpus at"):
         toy_dm(tmp_path / "missing").setup("fit")
@@ -232,7 +232,10 @@ def test_empty_sides_and_long_pairs_are_left_out_and_counted(tmp_path, caplog):
         dm.setup("fit")
     long_in_train = any(len(x) == 80 for x, _, _ in dm.datasets["val"] + dm.datasets["test"]) is False
     assert sum(len(d) for d in dm.datasets.values()) == 101 - long_in_train  # only training pairs are cut
-    assert f"left out: {int(long_in_train)} training pairs longer than max_len=64" in caplog.text
+    train = len(dm.datasets["train"]) + int(long_in_train)
+    assert f"max_len=64 tokens (either side, training split only): left out {int(long_in_train)} of {train}" in (
+        caplog.text
+    )
     assert "pairs with an empty side" in caplog.text
 
 

@@ -81,8 +81,10 @@ def test_classifier_learns_the_fixture_and_round_trips(names_dir, tmp_path):
     loaded = type(model).load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
     assert loaded.predict("Nakamura")[0][0][0] == model.predict("Nakamura")[0][0][0]
     assert ckpt["hyper_parameters"]["tokenizer"] == "char"
-    top = loaded.predict(["Ivanov", "Q\u00f8\u00df!", ""], top_k=2)  # unseen characters and an empty string
-    assert len(top) == 3 and all(len(t) == 2 and 0 <= t[0][1] <= 1 for t in top)
+    top = loaded.predict(["Ivanov", "Q\u00f8\u00df!"], top_k=2)  # unseen characters
+    assert len(top) == 2 and all(len(t) == 2 and 0 <= t[0][1] <= 1 for t in top)
+    with pytest.raises(ValueError, match=r"text 1 \(''\) is empty"):  # nothing to classify: refused, not guessed
+        loaded.predict(["Ivanov", ""])
 
 
 def test_data_with_another_vocabulary_is_refused(names_dir, tmp_path):

@@ -192,7 +192,7 @@ def test_training_learns_the_fixture_and_tags_raw_text(conll_dir, tmp_path):
     long = model.tag(" ".join(["Paris"] * 300))  # far longer than any training sentence
     assert len(long["tags"]) == 300
     assert model.tag([["Zürich", "?"]])[0]["tokens"] == ["Zürich", "?"]  # unknown characters and words
-    with pytest.raises(ValueError, match="empty sentence"):
+    with pytest.raises(ValueError, match=r"sentence 0 \('   '\) is empty or only whitespace"):
         model.tag("   ")
 
 

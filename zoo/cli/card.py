@@ -8,7 +8,7 @@ import importlib
 import zoo
 from zoo.weights import read_manifest
 
-__all__ = ["model_card", "count_flops", "data_licence"]
+__all__ = ["model_card", "count_flops", "data_licence", "split_evaluation"]
 
 
 def count_flops(net, shape: list[int]) -> float:
@@ -21,10 +21,29 @@ def count_flops(net, shape: list[int]) -> float:
     return counter.get_total_flops() / 2
 
 
-def data_licence(class_path: str) -> str:
+def _data_class(class_path: str) -> type | None:
     module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None)
-    return getattr(cls, "licence", None) or "not stated: check the dataset's terms before you publish results"
+    return getattr(importlib.import_module(module), name, None)
+
+
+def data_licence(class_path: str) -> str:
+    licence = getattr(_data_class(class_path), "licence", None)
+    return licence or "not stated: check the dataset's terms before you publish results"
+
+
+def split_evaluation(data: dict) -> dict[str, str]:
+    """``val_split`` and ``test_split`` as the DataModule of a manifest's ``data`` describes the splits that its
+    recorded arguments make (``describe_splits``): the words stored at publishing came from one template for every
+    DataModule, which called a corpus's own val split a fraction held out of train. Empty where the DataModule
+    does not describe its splits (the stored words stand)."""
+    describe = getattr(_data_class(data["class_path"]), "describe_splits", None)
+    if describe is None:
+        return {}
+    words = describe(data.get("init_args") or {})
+    return {
+        "val_split": f"{words['val']}, used for model selection",
+        "test_split": f"{words['test']}, measured once by `zoo publish`",
+    }
 
 
 def model_card(name: str) -> dict:
@@ -45,7 +64,7 @@ def model_card(name: str) -> dict:
             "dtype": weights.dtype,
             "classes": weights.classes,
             "metrics": weights.metrics,
-            "evaluation": weights.evaluation,
+            "evaluation": {**weights.evaluation, **(split_evaluation(data) if data else {})},
             "recipe": weights.recipe,
             "data": data.get("class_path"),
             "data_args": data.get("init_args"),

@@ -5,6 +5,7 @@ restore of resumable train loaders when a run resumes mid-epoch."""
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,16 +13,18 @@ from contextlib import contextmanager
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from zoo._registry import check_task
-from zoo.tasks._optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule, check_choice
+from zoo.tasks._optim import LENGTHLESS, OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule, check_choice
 from zoo.weights import Weights, load_into, weights_for
 
 __all__ = ["Task"]
 
 FREEZE = ("backbone",)
+MIN_KNOWN = 0.5  # share of a fine-tuning vocabulary the weights should know, else a warning
 
 
 class Task(L.LightningModule):
@@ -29,7 +32,8 @@ class Task(L.LightningModule):
 
     - ``freeze="backbone"``: only the head (``head_prefixes`` of the net: the classifier, the tagger's emission
       layer and CRF, the output layer of language models and translators) trains; the rest keeps its weights and
-      its batch-norm statistics (a linear probe).
+      its batch-norm statistics (a linear probe). On data with other vocabularies the rows of entries the weights
+      do not know start random, so they train too (the weights' own rows stay exactly as published).
     - ``unfreeze_epoch=N``: with ``freeze="backbone"``, the backbone starts training at epoch N (the head is
       trained alone first so that its random start does not wreck the pretrained features; Howard & Ruder 2018).
     - ``backbone_lr_mult``: the backbone's learning rate relative to ``lr`` (e.g. 0.1).
@@ -42,6 +46,8 @@ class Task(L.LightningModule):
     weights_kwargs: tuple[str, ...] = ()  # hyperparameters that rebuild the net of published weights
     head_prefixes: tuple[str, ...] = ("head.",)  # net parameters trained from scratch when fine-tuning
     _frozen: bool = False
+    # net embeddings that gained rows the published weights lack -> which of their rows the weights know (dim 0)
+    known_rows: dict[str, torch.Tensor] = {}
     weights: Weights | None = None  # the published weights of ``pretrained``, resolved once
 
     @classmethod
@@ -102,6 +108,22 @@ class Task(L.LightningModule):
             if old.get(v) is not None and new.get(v) is not None and list(old[v]) != list(new[v])
         }
         load_into(self.net, w, arch=h.arch, remap=remap)
+        # rows of entries the weights do not know start random: they train even with a frozen backbone (see
+        # _set_frozen), so note which rows are the weights' own
+        theirs = {v: set(entries) for v, entries in old.items() if entries is not None}
+        self.known_rows = {
+            key: torch.tensor([t in theirs[v] for t in n])
+            for key, (v, _, n, dims) in remap.items()
+            if dims and not key.startswith(self.head_prefixes) and not theirs[v].issuperset(n)
+        }
+        for v in sorted({remap[key][0] for key in self.known_rows}):
+            known, total = sum(t in theirs[v] for t in new[v]), len(new[v])
+            if known < MIN_KNOWN * total:
+                rank_zero_warn(
+                    f"{w.name} knows only {known:,} of the data's {total:,} {v} entries ({known / total:.1%}): the "
+                    "others start from random vectors, so this is close to training from scratch. Check that the "
+                    "data is in the weights' language and read their way, or train without --model.pretrained"
+                )
 
     def differs_from_data(self, theirs: dict[str, list | None]) -> bool:
         """Whether the data's vocabularies (``None``: the data does not say) differ from the model's. Without
@@ -130,14 +152,28 @@ class Task(L.LightningModule):
 
     def _set_frozen(self, frozen: bool) -> None:
         for name, p in self.net.named_parameters():
-            if not self.is_head(name):
-                p.requires_grad_(not frozen)
+            if not self.is_head(name):  # an embedding with new rows trains them (on_after_backward masks the rest)
+                p.requires_grad_(not frozen or name in self.known_rows)
         self._frozen = frozen
         self.train(self.training)  # re-applies the batch-norm mode
         n = sum(p.numel() for name, p in self.net.named_parameters() if not self.is_head(name))
+        new = [f"{k} ({int((~rows).sum()):,} rows)" for k, rows in self.known_rows.items()]
+        but = f", but the new rows of {', '.join(new)} train: the weights have none for them" if frozen and new else ""
         rank_zero_info(
-            f"backbone ({n:,} parameters) {'frozen' if frozen else 'unfrozen'} at epoch {self.current_epoch}"
+            f"backbone ({n:,} parameters) {'frozen' if frozen else 'unfrozen'} at epoch {self.current_epoch}{but}"
         )
+
+    def on_after_backward(self) -> None:
+        """With the backbone frozen, an embedding that gained rows for entries the weights do not know learns those
+        rows alone: the gradient of the weights' rows is zeroed (they are kept out of weight decay, see
+        ``configure_optimizers``, so they stay exactly as published)."""
+        if not (self._frozen and self.known_rows):
+            return
+        params = dict(self.net.named_parameters())
+        for key, known in self.known_rows.items():
+            grad = params[key].grad
+            if grad is not None:
+                grad[known.to(grad.device)] = 0
 
     def on_fit_start(self) -> None:
         for cb in self.trainer.callbacks:
@@ -274,12 +310,53 @@ class Task(L.LightningModule):
         if val:
             self.clip_gradients(optimizer, val, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
+    # -- the optimiser and its schedule -----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Lightning's first hook of a run, before the DataModule reads anything: a schedule the trainer gives no
+        length is refused here, not after the data has loaded (``configure_optimizers`` checks again, on every
+        process: this hook runs on one per node)."""
+        t = self._trainer
+        if t is not None and t.state.fn == TrainerFn.FITTING and t.max_epochs == -1 and t.max_steps == -1:
+            self._no_schedule_length()
+
+    def _no_schedule_length(self) -> None:
+        """Refuse a schedule that needs the run's length (cosine, onecycle) when the trainer does not bound it."""
+        schedule = self.hparams.schedule
+        if schedule in LENGTHLESS:
+            return
+        raise ValueError(
+            f"the trainer bounds this run by neither max_epochs nor max_steps (--trainer.max_time alone, or -1), so "
+            f"the {schedule} schedule, which anneals the learning rate over the run's steps, has no length: also set "
+            "--trainer.max_epochs or --trainer.max_steps (training stops at whichever limit comes first), or use "
+            "--model.schedule constant"
+        )
+
+    def schedule_steps(self) -> tuple[int, int]:
+        """(optimiser steps of the run, steps before the warm-up ends) for the schedule; the run's steps are 0 when
+        only a time limit bounds it (a ``constant`` schedule needs none)."""
+        h, t = self.hparams, self.trainer
+        total = t.estimated_stepping_batches  # inf when only max_time bounds the run; -1 for an endless loader
+        if not math.isfinite(total) or total < 1:
+            self._no_schedule_length()
+            total = 0
+        if not h.warmup_epochs:
+            return int(total), 0
+        if t.train_dataloader is None:  # estimated_stepping_batches loads it only when max_epochs bounds the run
+            t.fit_loop.setup_data()
+        batches = t.num_training_batches  # this process's, after limit_train_batches
+        if not math.isfinite(batches):
+            raise ValueError(
+                f"warmup_epochs={h.warmup_epochs} needs the length of an epoch, and this training loader has none: "
+                "use --model.warmup_epochs 0"
+            )
+        per_epoch = math.ceil(batches / t.accumulate_grad_batches)
+        return int(total), int(h.warmup_epochs * per_epoch)
+
     def configure_optimizers(self):
         h = self.hparams
         mult = h.get("backbone_lr_mult", 1.0)
         is_head = self.is_head if mult != 1.0 else None
-        opt = build_optimizer(self.net, h.optimizer, h.lr, h.weight_decay, h.momentum, is_head, mult)
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = total / max(self.trainer.max_epochs or 1, 1)
-        sched = build_schedule(opt, h.schedule, total, int(h.warmup_epochs * per_epoch))
+        no_decay = set(self.known_rows) if h.get("freeze") else set()  # rows kept as published while frozen
+        opt = build_optimizer(self.net, h.optimizer, h.lr, h.weight_decay, h.momentum, is_head, mult, no_decay)
+        sched = build_schedule(opt, h.schedule, *self.schedule_steps())
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 import torch.nn as nn
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
+LENGTHLESS = ("constant",)  # schedules that need no total number of steps (a run bounded by time alone)
 
 
 def param_groups(
@@ -18,15 +19,16 @@ def param_groups(
     lr: float,
     is_head: Callable[[str], bool] | None = None,
     backbone_lr_mult: float = 1.0,
+    no_decay: Collection[str] = (),
 ) -> list[dict]:
-    """Weights of convolutions/linears decay; norm parameters and biases (1-d tensors) do not. With ``is_head``,
-    the parameters it does not name (the backbone) learn at ``lr * backbone_lr_mult`` (discriminative fine-tuning,
-    Howard & Ruder 2018). Frozen parameters are included: they get no gradient, so the optimiser skips them, and
-    unfreezing them later needs no new group."""
+    """Weights of convolutions/linears decay; norm parameters and biases (1-d tensors) do not, nor the parameters
+    named in ``no_decay``. With ``is_head``, the parameters it does not name (the backbone) learn at
+    ``lr * backbone_lr_mult`` (discriminative fine-tuning, Howard & Ruder 2018). Frozen parameters are included:
+    they get no gradient, so the optimiser skips them, and unfreezing them later needs no new group."""
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in module.named_parameters():
         backbone = is_head is not None and not is_head(name)
-        groups.setdefault((p.ndim <= 1, backbone), []).append(p)
+        groups.setdefault((p.ndim <= 1 or name in no_decay, backbone), []).append(p)
     return [
         {
             "params": params,
@@ -45,8 +47,9 @@ def build_optimizer(
     momentum: float,
     is_head: Callable[[str], bool] | None = None,
     backbone_lr_mult: float = 1.0,
+    no_decay: Collection[str] = (),
 ) -> torch.optim.Optimizer:
-    groups = param_groups(module, weight_decay, lr, is_head, backbone_lr_mult)
+    groups = param_groups(module, weight_decay, lr, is_head, backbone_lr_mult, no_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     return torch.optim.AdamW(groups, lr=lr)

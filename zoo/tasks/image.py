@@ -88,8 +88,8 @@ class ImageClassifier(Task):
         super().__init__()
         self.save_hyperparameters()
         self.check_training_args()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1; got {num_classes}")
+        if num_classes < 2:  # one class: nothing to learn, and torchmetrics' multiclass metrics refuse it
+            raise ValueError(f"num_classes must be >= 2 (a classifier tells classes apart); got {num_classes}")
         if classes is not None and len(classes) != num_classes:
             raise ValueError(f"{len(classes)} class names for num_classes={num_classes}")
         if preprocessing:

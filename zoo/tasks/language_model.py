@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
-from datamodules.contract import TOKENIZERS, Tokenised, settings
+from datamodules.contract import TOKENIZERS, UNK, Tokenised, settings
 from zoo._registry import get_entry
 from zoo.tasks._optim import check_choice
-from zoo.tasks._text import TextTask
+from zoo.tasks._text import TextTask, given_texts, warn_unknown
 
 __all__ = ["LanguageModel"]
 
@@ -233,7 +233,6 @@ class LanguageModel(TextTask):
         self.log(f"{stage}_ppl", nll.exp())
 
     # -- sampling ---------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def generate(
         self,
         prompt: str,
@@ -245,9 +244,48 @@ class LanguageModel(TextTask):
     ) -> str:
         """Continue ``prompt`` by ``max_new`` sampled tokens (``temperature`` 0: greedy). ``top_k`` keeps the k most
         likely tokens, ``top_p`` the smallest set whose probability reaches p (nucleus sampling, Holtzman et al.
-        2020). The same ``seed`` gives the same text."""
+        2020). The same ``seed`` gives the same text.
+
+        A prompt with no token (``""``; blanks alone for the ``whitespace`` tokeniser) is refused: the model was never
+        started from nothing (there is no beginning-of-text token), so it would continue an ``<unk>`` it was not
+        given. For the ``char`` tokeniser blanks are text: ``"\\n"`` starts a fresh line."""
+        (prompt,) = self._check_prompts(prompt, "prompt")
+        return self._sample(prompt, max_new, temperature, top_k, top_p, seed)
+
+    def predict(
+        self,
+        prompts: str | list[str],
+        length: int = 200,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> list[str]:
+        """``generate`` for each prompt: a list of texts, each its prompt and ``length`` new tokens (a single
+        string gives a list of one). Every prompt is sampled with the same ``seed``, so its text does not depend
+        on the other prompts. Prompts are checked as in ``generate`` (the message gives the index)."""
+        prompts = self._check_prompts(prompts, "prompt")
+        return [self._sample(p, length, temperature, top_k, top_p, seed) for p in prompts]
+
+    def _check_prompts(self, prompts: str | list[str], what: str) -> list[str]:
+        """The prompts as a list, refusing one with no token to start from (``what`` and its index in the message)
+        and warning about one of unknown tokens only."""
         if self.net is None:
             raise RuntimeError("the model has no vocabulary yet: train it, or load a checkpoint / published weights")
+        tokenize, unk = TOKENIZERS[self.hparams.tokenizer], self.stoi.get(UNK, 0)
+        prompts = given_texts(prompts, what, blank_ok=True)
+        for i, prompt in enumerate(prompts):
+            tokens = tokenize(prompt)
+            if not tokens:
+                unit = "character (a line end '\\n' starts a new line)" if self.hparams.tokenizer == "char" else "word"
+                raise ValueError(f"{what} {i} ({prompt!r}) has no token: give it at least one {unit} to continue")
+            warn_unknown(what, i, [self.stoi.get(t, unk) for t in tokens], unk)
+        return prompts
+
+    @torch.no_grad()
+    def _sample(
+        self, prompt: str, max_new: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None
+    ) -> str:
         if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
             raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}")
         g = torch.Generator(device=self.device)
@@ -267,21 +305,6 @@ class LanguageModel(TextTask):
                 logits, state = self(torch.tensor([[nxt]], device=self.device), state)
         sep = "" if self.hparams.tokenizer == "char" else " "
         return prompt + sep + sep.join(self.hparams.vocab[i] for i in out)
-
-    def predict(
-        self,
-        prompts: str | list[str],
-        length: int = 200,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-    ) -> list[str]:
-        """``generate`` for each prompt: a list of texts, each its prompt and ``length`` new tokens (a single
-        string gives a list of one). Every prompt is sampled with the same ``seed``, so its text does not depend
-        on the other prompts."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return [self.generate(p, length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed) for p in prompts]
 
 
 def _filter(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

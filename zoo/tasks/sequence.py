@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from datamodules.contract import TOKENIZERS, Labelled, Tokenised, settings
+from datamodules.contract import TOKENIZERS, UNK, Labelled, Tokenised, settings
 from zoo._registry import get_entry
 from zoo.tasks._optim import check_choice
-from zoo.tasks._text import TextTask
+from zoo.tasks._text import TextTask, given_texts, warn_unknown
 
 __all__ = ["SequenceClassifier"]
 
@@ -246,14 +246,17 @@ class SequenceClassifier(TextTask):
     @torch.no_grad()
     def predict(self, texts: str | list[str], top_k: int = 3) -> list[list[tuple[str, float]]]:
         """Top-``k`` ``(class, probability)`` for each raw string, most likely first (a single string gives a
-        list of one)."""
+        list of one). An empty or whitespace-only string is refused (ValueError naming it): the model would give it
+        a confident-looking class; a string none of whose tokens it knows is classified with a warning."""
         if self.net is None or self.hparams.vocab is None or self.hparams.objective != "classify":
             raise RuntimeError(
                 "predict() reads raw strings into a classifier with a vocabulary: train it first, or "
                 "load a checkpoint / published weights"
             )
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = given_texts(texts, "text")
         ids = [self.encode(t) for t in texts]
+        for i, x in enumerate(ids):
+            warn_unknown("text", i, x.tolist(), self.stoi.get(UNK, 0))
         lengths = torch.tensor([len(i) for i in ids])
         x = nn.utils.rnn.pad_sequence(ids, batch_first=True).to(self.device)
         with self.evaluating():

@@ -238,14 +238,12 @@ class Tagger(Task):
     def tag(self, sentences: str | list[str] | list[list[str]]) -> dict | list[dict]:
         """Tag raw sentences (split into words by ``TOKEN``) or pre-split ones (lists of words). Returns, per
         sentence, ``{"tokens", "tags", "spans"}``, spans ``(text, type, start, end)`` over tokens (chunk tag sets;
-        tags in the training scheme)."""
+        tags in the training scheme). An empty or whitespace-only sentence, or word of a pre-split one, is refused
+        with a ValueError naming it."""
         if self.net is None:
             raise RuntimeError("the tagger has no vocabularies yet: train it, or load a checkpoint / published weights")
         single = isinstance(sentences, str)
-        batch = [sentences] if single else list(sentences)
-        tokens = [TOKEN.findall(s) if isinstance(s, str) else list(s) for s in batch]
-        if not tokens or any(not t for t in tokens):
-            raise ValueError("an empty sentence: give at least one word per sentence")
+        tokens = _sentence_tokens([sentences] if single else list(sentences))
         words, chars, lengths = self._encode(tokens)
         with self.evaluating():
             pred = self.net.decode(self(words, chars, lengths), lengths).cpu()
@@ -260,3 +258,29 @@ class Tagger(Task):
         """``tag`` that always returns a list: one ``{"tokens", "tags", "spans"}`` per sentence (a single string
         gives a list of one)."""
         return [self.tag(sentences)] if isinstance(sentences, str) else self.tag(sentences)
+
+
+def _sentence_tokens(batch: list) -> list[list[str]]:
+    """The words of each sentence (raw strings split by ``TOKEN``, lists of words kept), refusing no sentence at all,
+    an empty or whitespace-only sentence and, in a pre-split one, an empty word: the tagger would tag nothing, or
+    guess at a word with no character."""
+    if not batch:
+        raise ValueError("no sentence given: pass a string, a list of strings or a list of word lists")
+    out = []
+    for i, s in enumerate(batch):
+        if isinstance(s, str):
+            words = TOKEN.findall(s)
+        elif isinstance(s, (list, tuple)) and all(isinstance(w, str) for w in s):
+            words = list(s)
+            blank = [j for j, w in enumerate(words) if not w.strip()]
+            if blank:
+                raise ValueError(
+                    f"sentence {i}, word {blank[0]} ({words[blank[0]]!r}) is empty or only whitespace: "
+                    "give pre-split sentences as lists of words"
+                )
+        else:
+            raise ValueError(f"sentence {i} is of type {type(s).__name__}: give a string or a list of words")
+        if not words:
+            raise ValueError(f"sentence {i} ({s!r}) is empty or only whitespace: give at least one word per sentence")
+        out.append(words)
+    return out

@@ -15,6 +15,7 @@ from datamodules.contract import EOS_ID, PAD_ID, UNK_ID, TranslationData
 from zoo._registry import get_entry
 from zoo.nets.decoding import Hypothesis
 from zoo.tasks._base import Task
+from zoo.tasks._text import given_texts, warn_unknown
 from zoo.tasks.text_codec import TextCodec
 
 __all__ = ["Seq2Seq"]
@@ -225,11 +226,16 @@ class Seq2Seq(Task):
             self.logger.log_text(key="val_translations", columns=["source", "reference", "greedy"], data=samples)
 
     # -- raw strings ------------------------------------------------------------------------------------------
-    def _batch(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, sentences: str | list[str], what: str = "source sentence") -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded source ids (B, S) and lengths (B,) of raw sentences; empty or whitespace-only ones are refused
+        (the decoder would still write a fluent-looking guess; any other text has a token for either tokeniser),
+        and ones of unknown tokens only are warned about."""
         if self.net is None:
             raise RuntimeError("the model has no vocabularies yet: train it, or load a checkpoint / published weights")
-        ids = [self.src_codec.encode(s) or [UNK_ID] for s in sentences]
+        sentences = given_texts(sentences, what)
+        ids = [self.src_codec.encode(s) for s in sentences]
         for i, x in enumerate(ids):
+            warn_unknown(what, i, x, UNK_ID)
             if len(x) > self.hparams.max_source_len:
                 raise ValueError(
                     f"sentence {i} has {len(x)} tokens, more than max_source_len={self.hparams.max_source_len}: split "
@@ -251,9 +257,10 @@ class Seq2Seq(Task):
         """Translate raw sentences (beam 1: greedy). Returns one string per sentence; with ``nbest`` > 1 a list of
         ``(translation, score)`` per sentence; with ``return_attention`` a dict per sentence (per hypothesis with
         ``nbest`` > 1) holding ``translation``, ``score``, ``source_tokens``, ``target_tokens`` and ``attention``
-        (target steps x source tokens, the last row being the EOS step), ready for a heatmap."""
+        (target steps x source tokens, the last row being the EOS step), ready for a heatmap. An empty or
+        whitespace-only sentence is refused with a ValueError naming it."""
         single = isinstance(sentences, str)
-        sentences = [sentences] if single else list(sentences)
+        sentences = given_texts(sentences, "source sentence")
         h = self.hparams
         src, lengths = self._batch(sentences)
         with self.evaluating():
@@ -287,7 +294,6 @@ class Seq2Seq(Task):
     def encode(self, sequences: str | list[str]) -> torch.Tensor:
         """The fixed-size code of each raw sequence (N, K): the encoder's final state (for ``seq_autoencoder``,
         the vector the decoder rebuilds the sequence from)."""
-        sequences = [sequences] if isinstance(sequences, str) else list(sequences)
-        src, lengths = self._batch(sequences)
+        src, lengths = self._batch(sequences, "sequence")
         with self.evaluating():
             return self.net.features(src, lengths).float().cpu()
