@@ -4,14 +4,20 @@ What it adds to LightningCLI:
 - registry names as users type them: ``--model resnet20 --data cifar10`` (rewritten to class paths);
 - one folder per run, ``runs/<name>/version_<n>/`` with ``checkpoints/{best,last}.ckpt``, ``config.yaml`` and
   the W&B run; ``--ckpt_path last|best`` finds the newest run of that name and continues in its folder;
-- defaults: W&B logger (offline unless an API key is configured or ``WANDB_MODE`` is set), ModelCheckpoint on
-  the task's validation metric plus ``last.ckpt``, LearningRateMonitor, progress bar, a checkpoint on
-  interruption, and the training record used when weights are published;
-- SIGTERM saves ``interrupted.ckpt`` at a batch boundary and exits with status 143.
+- defaults: W&B logger (offline unless an API key is configured or ``WANDB_MODE`` is set), ``best.ckpt`` on the
+  task's validation metric, ``last.ckpt`` every epoch (and every ``--checkpoint_every_n_steps``), written
+  atomically and never with non-finite weights, a stop on a non-finite loss, LearningRateMonitor, progress bar,
+  and the training record used when weights are published;
+- SIGTERM and Ctrl-C save ``interrupted.ckpt`` at a batch boundary and exit with status 143 / 130;
+- a resume says which file and step it continues from, refuses a checkpoint of another model or with other
+  hyperparameters, and never replaces a run's further progress;
+- errors in what the user passed are one line (``train.py: error: ...``, status 2); ``--debug`` or
+  ``ZOO_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -20,16 +26,18 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import torch
+from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import (
     Callback,
     LearningRateMonitor,
     ModelCheckpoint,
-    OnExceptionCheckpoint,
     RichProgressBar,
     TQDMProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -40,9 +48,14 @@ import datamodules.names  # noqa: F401
 import datamodules.synthetic  # noqa: F401
 import datamodules.translation  # noqa: F401
 import zoo.tasks  # noqa: F401  (short class names: --model ImageClassifier)
-from datamodules import DATAMODULES
-from zoo import UnknownModelError, model_info
+from datamodules import DATAMODULES, DatasetError
+from zoo import CheckpointError, PretrainedError, UnknownModelError, model_info
 from zoo.callbacks import PredictionSaver, TrainingRecord
+from zoo.callbacks.divergence import DivergenceError, StopOnDivergence
+from zoo.callbacks.interruption import InterruptCheckpoint, install_signal_handlers, received_signal
+from zoo.checkpoint import INIT_ONLY
+from zoo.cli.checkpoint_io import SafeCheckpointIO
+from zoo.cli.errors import UsageError, one_line
 
 __all__ = ["ZooCLI", "main", "rewrite_argv", "resolve_checkpoint"]
 
@@ -50,28 +63,34 @@ RUN_DIR_ENV = "ZOO_RUN_DIR"  # passed to the processes that strategy="ddp" relau
 
 
 def rewrite_argv(argv: list[str]) -> list[str]:
-    """``--model resnet20`` -> ``--model <task class> --model.arch resnet20``; ``--data cifar10`` -> class path."""
+    """``--model resnet20`` -> ``--model <task class> --model.arch resnet20``; ``--data cifar10`` -> class path;
+    ``--model.help resnet20`` / ``--data.help translation`` -> the help of that class."""
     out: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         key, eq, value = arg.partition("=")
-        if key in ("--model", "--data") and not eq and i + 1 < len(argv):
+        if key in ("--model", "--data", "--model.help", "--data.help") and not eq and i + 1 < len(argv):
             value, i = argv[i + 1], i + 1
-        elif not (key in ("--model", "--data") and eq):
+        elif not (key in ("--model", "--data", "--model.help", "--data.help") and eq):
             out.append(arg)
             i += 1
             continue
-        if key == "--data":
-            out += ["--data", DATAMODULES.get(value, value)]
-        elif re.fullmatch(r"[a-z0-9_]+", value):  # a registry name, not a class name or path
+        short = re.fullmatch(r"[a-z0-9_]+", value)  # a registry name, not a class name or path
+        if key.startswith("--data"):
+            if short and value not in DATAMODULES:
+                raise UsageError(
+                    f"unknown {key} {value!r}: one of {', '.join(DATAMODULES)}, or a DataModule class path"
+                )
+            out += [key, DATAMODULES.get(value, value)]
+        elif short:
             try:
                 entry = model_info(value)
             except UnknownModelError as e:
-                raise SystemExit(f"train.py: error: {e}") from None
-            out += ["--model", entry.task, "--model.arch", value]
+                raise UsageError(str(e)) from None
+            out += [key, entry.task] if key == "--model.help" else ["--model", entry.task, "--model.arch", value]
         else:
-            out += ["--model", value]
+            out += [key, value]
         i += 1
     return out
 
@@ -91,13 +110,15 @@ def _wandb_logger(run_dir: Path, name: str, resume: bool) -> Logger:
         run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
         if rank_zero_only.rank == 0:
             id_file.write_text(run_id)
-    return WandbLogger(
+    logger = WandbLogger(
         project=os.environ.get("WANDB_PROJECT", "lightning-zoo"),
         name=name,
         id=run_id,
         save_dir=str(run_dir),
         resume="allow",
     )
+    logger._wandb_init.pop("anonymous", None)  # Lightning passes None, which W&B warns about on every run
+    return logger
 
 
 def _wandb_key_configured() -> bool:
@@ -112,20 +133,63 @@ def _versions(base: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[8:]))
 
 
+def checkpoint_position(path: Path) -> tuple[int, int]:
+    """``(epoch, global_step)`` of a Lightning checkpoint, read without loading its tensors."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["epoch"]), int(ckpt["global_step"])
+    except Exception as e:  # noqa: BLE001 (truncated, not a checkpoint, pickle refused)
+        raise CheckpointError(
+            f"{path} is not a readable training checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "pass another file, or delete it to fall back on the run's other checkpoints"
+        ) from None
+
+
+def _resume_points(version: Path) -> list[tuple[int, float, Path]]:
+    """A run's ``last.ckpt`` and ``interrupted.ckpt`` as (step, mtime, path); a step-0 file resumes nothing."""
+    found = []
+    for name in ("last.ckpt", "interrupted.ckpt"):
+        path = version / "checkpoints" / name
+        if path.is_file() and (step := checkpoint_position(path)[1]) > 0:
+            found.append((step, path.stat().st_mtime, path))
+    return sorted(found)
+
+
 def resolve_checkpoint(base: Path, which: str) -> Path:
-    """The newest ``last`` (or ``interrupted``, if newer) or ``best`` checkpoint among runs under ``base``."""
-    names = ("last.ckpt", "interrupted.ckpt") if which == "last" else ("best.ckpt",)
+    """``last``: the furthest of ``last.ckpt`` / ``interrupted.ckpt`` (by step) in the newest run under ``base``
+    that has one; ``best``: the newest run's ``best.ckpt``."""
     for version in reversed(_versions(base)):
-        files = [version / "checkpoints" / n for n in names if (version / "checkpoints" / n).is_file()]
-        if files:
-            return max(files, key=lambda p: p.stat().st_mtime)
-    raise SystemExit(
-        f"train.py: error: --ckpt_path {which}: no {' or '.join(names)} under {base}/version_*/checkpoints. "
+        if which == "last" and (points := _resume_points(version)):
+            return points[-1][2]
+        if which == "best" and (version / "checkpoints" / "best.ckpt").is_file():
+            return version / "checkpoints" / "best.ckpt"
+    names = "last.ckpt or interrupted.ckpt" if which == "last" else "best.ckpt"
+    raise UsageError(
+        f"--ckpt_path {which}: no {names} under {base}/version_*/checkpoints. "
         "Pass --run_name of the run to resume (see the runs/ folder) or a checkpoint file."
     )
 
 
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _task_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class ZooCLI(LightningCLI):
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        return super().init_parser(**{**kwargs, "exit_on_error": False})  # main() prints the error in one line
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would load the checkpoint's hyperparameters over what the user typed, silently (and only
+        for a file, not ``last``/``best``); :meth:`_check_checkpoint` compares them instead."""
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--run_name",
@@ -134,6 +198,12 @@ class ZooCLI(LightningCLI):
             help="runs are saved in <run_root>/<run_name>/version_<n> (default: <arch>-<data>)",
         )
         parser.add_argument("--run_root", type=str, default="runs", help="folder that holds the runs")
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int | None,
+            default=None,
+            help="also rewrite last.ckpt every N training steps (it is always rewritten at the end of each epoch)",
+        )
 
     def _run_name(self) -> str:
         cfg = self.config[self.subcommand]
@@ -147,11 +217,50 @@ class ZooCLI(LightningCLI):
         if os.environ.get(RUN_DIR_ENV):
             return Path(os.environ[RUN_DIR_ENV])
         run = Path(ckpt).resolve().parent.parent if ckpt else None
-        if run and run.parent == base.resolve() and Path(ckpt).parent.name == "checkpoints":
-            return run  # continue in the folder of the run being resumed
         versions = _versions(base)
-        n = int(versions[-1].name[8:]) + 1 if versions else 0
-        return base / f"version_{n}"
+        new = base / f"version_{int(versions[-1].name[8:]) + 1 if versions else 0}"
+        if not (run and run.parent == base.resolve() and Path(ckpt).parent.name == "checkpoints"):
+            return new
+        if self.subcommand == "fit" and (points := _resume_points(run)):
+            step, furthest = checkpoint_position(Path(ckpt))[1], points[-1]
+            if furthest[0] > step:  # continuing there would overwrite its further progress
+                print(
+                    f"{run.name} has progressed to step {furthest[0]} ({furthest[2].name}) beyond step {step} of "
+                    f"{Path(ckpt).name}: this run continues in {new} so that nothing in {run.name} is replaced",
+                    file=sys.stderr,
+                )
+                return new
+        return run  # continue in the folder of the run being resumed
+
+    def _check_checkpoint(self, ckpt: Path) -> None:
+        """Resume only the model the checkpoint holds; evaluate it rebuilt from its own hyperparameters."""
+        hp = dict(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {})
+        mine = dict(getattr(self.model, "hparams", {}))
+        if "arch" not in hp or "arch" not in mine:
+            return  # not a zoo task: Lightning's own checks apply
+        theirs = hp.get("_class_path") or _task_path(type(self.model))
+        if (hp["arch"], theirs) != (mine["arch"], _task_path(type(self.model))):
+            raise UsageError(
+                f"--ckpt_path {ckpt} holds {hp['arch']} ({theirs.rsplit('.', 1)[-1]}), but --model is {mine['arch']} "
+                f"({type(self.model).__name__}): pass --model {hp['arch']} to use it, or leave out --ckpt_path"
+            )
+        differ = {
+            k: (mine[k], hp[k])
+            for k in mine.keys() & hp.keys()
+            if not k.startswith("_") and mine[k] is not None and _plain(mine[k]) != _plain(hp[k])
+        }
+        if self.subcommand != "fit":
+            kwargs = {k: v for k, v in hp.items() if not k.startswith("_")}
+            self.model = type(self.model)(**{**kwargs, **{k: None for k in INIT_ONLY if k in kwargs}})
+            if differ:
+                shown = ", ".join(f"{k} {v[1]!r}" for k, v in sorted(differ.items()))
+                print(f"{self.subcommand}: the model is rebuilt as the checkpoint holds it ({shown})", file=sys.stderr)
+        elif differ:
+            shown = ", ".join(f"--model.{k} {v[0]!r} (checkpoint: {v[1]!r})" for k, v in sorted(differ.items()))
+            raise UsageError(
+                f"--ckpt_path resumes {ckpt} exactly as it was saved, but these options differ from it: {shown}. "
+                "Leave them out to resume, or leave out --ckpt_path to start a new run"
+            )
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         cfg, init = self.config[self.subcommand], self.config_init[self.subcommand]
@@ -160,26 +269,46 @@ class ZooCLI(LightningCLI):
         if ckpt in ("last", "best"):
             init["ckpt_path"] = ckpt = str(resolve_checkpoint(base, ckpt))
         elif ckpt and not Path(ckpt).is_file():
-            raise SystemExit(f"train.py: error: --ckpt_path {ckpt}: no such file")
+            raise UsageError(f"--ckpt_path {ckpt}: no such file")
+        if ckpt:
+            epoch, step = checkpoint_position(Path(ckpt))
+            self._check_checkpoint(Path(ckpt))
+            verb = "resuming from" if self.subcommand == "fit" else f"{self.subcommand}:"
+            if rank_zero_only.rank == 0:
+                print(f"{verb} {ckpt} (epoch {epoch}, step {step})", file=sys.stderr)
         self.run_dir = self._run_dir(base, ckpt)
         os.environ[RUN_DIR_ENV] = str(self.run_dir)
         if rank_zero_only.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / ("config.yaml" if self.subcommand == "fit" else f"{self.subcommand}.yaml")).write_text(
-                self._parser(self.subcommand).dump(cfg, skip_none=False)
-            )
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / ("config.yaml" if self.subcommand == "fit" else f"{self.subcommand}.yaml")).write_text(
+                    self._parser(self.subcommand).dump(cfg, skip_none=False)
+                )
+            except OSError as e:
+                raise UsageError(
+                    f"cannot write the run folder {self.run_dir} ({e.strerror}): pass --run_root a folder you can "
+                    "write to"
+                ) from None
         trainer_cfg = self.config_init[self.subcommand]["trainer"]
         logger = trainer_cfg.get("logger")
         if logger in (None, True):
             logger = _wandb_logger(self.run_dir, f"{base.name}/{self.run_dir.name}", resume=ckpt is not None)
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-        defaults = self._default_callbacks(logger, progress_bar=trainer_cfg.get("enable_progress_bar") is not False)
+        defaults = self._default_callbacks(
+            logger,
+            progress_bar=trainer_cfg.get("enable_progress_bar") is not False,
+            checkpoints=trainer_cfg.get("enable_checkpointing") is not False,
+        )
         callbacks += [cb for cb in defaults if not any(type(c) is type(cb) for c in callbacks)]
-        self.trainer = super().instantiate_trainer(logger=logger, callbacks=callbacks, **kwargs)
+        plugins = trainer_cfg.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(SafeCheckpointIO())
+        self.trainer = super().instantiate_trainer(logger=logger, callbacks=callbacks, plugins=plugins, **kwargs)
         return self.trainer
 
-    def _default_callbacks(self, logger, progress_bar: bool) -> list[Callback]:
+    def _default_callbacks(self, logger, progress_bar: bool, checkpoints: bool) -> list[Callback]:
         bars: list[Callback] = []
         if progress_bar:
             bars.append(RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=50))
@@ -187,14 +316,20 @@ class ZooCLI(LightningCLI):
             return [*bars, PredictionSaver(str(self.run_dir))]
         if self.subcommand != "fit":
             return bars
-        ckpt_dir = self.run_dir / "checkpoints"
-        metric, mode = getattr(self.model, "monitor", ("val_loss", "min"))
-        cbs: list[Callback] = [
-            ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=metric, mode=mode, save_last=True),
-            OnExceptionCheckpoint(dirpath=ckpt_dir, filename="interrupted"),
-            TrainingRecord(),
-            *bars,
-        ]
+        cbs: list[Callback] = [StopOnDivergence(), TrainingRecord(), *bars]
+        if checkpoints:
+            ckpt_dir = self.run_dir / "checkpoints"
+            metric, mode = getattr(self.model, "monitor", ("val_loss", "min"))
+            every = self.config[self.subcommand].get("checkpoint_every_n_steps")
+            last = {"dirpath": ckpt_dir, "filename": "last", "enable_version_counter": False}
+            cbs += [
+                ModelCheckpoint(
+                    dirpath=ckpt_dir, filename="best", monitor=metric, mode=mode, enable_version_counter=False
+                ),
+                ModelCheckpoint(**last, save_on_train_epoch_end=True),  # every epoch, improved or not
+                *([ModelCheckpoint(**last, every_n_train_steps=every)] if every else []),
+                InterruptCheckpoint(ckpt_dir),
+            ]
         if logger:
             cbs.append(LearningRateMonitor(logging_interval="epoch"))
         return cbs
@@ -207,8 +342,8 @@ class ZooCLI(LightningCLI):
         if self.subcommand == "fit" and cb is not None:
             if cb.best_model_path:
                 lines.append(f"best checkpoint: {cb.best_model_path} ({cb.monitor}={float(cb.best_model_score):.4f})")
-            if cb.last_model_path:
-                lines.append(f"last checkpoint: {cb.last_model_path}")
+            if (last := self.run_dir / "checkpoints" / "last.ckpt").is_file():
+                lines.append(f"last checkpoint: {last}")
         for saver in (c for c in self.trainer.callbacks if isinstance(c, PredictionSaver) and c.path):
             lines.append(f"predictions: {saver.path}")
         for logger in self.trainer.loggers:
@@ -224,25 +359,78 @@ class ZooCLI(LightningCLI):
         print("\n".join(lines))
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # from the command line: strategy="ddp" relaunches sys.argv, so rewrite it in place
-        sys.argv[1:] = rewrite_argv(sys.argv[1:])
+# What the user passed or pointed at (exit status 2) rather than a failure of the run itself (status 1).
+USER_ERRORS = (
+    UsageError,
+    ArgumentError,
+    ValueError,
+    TypeError,
+    DatasetError,
+    CheckpointError,
+    PretrainedError,
+    OSError,
+)
+
+
+def _finish_wandb(exit_code: int) -> None:
+    """Close a W&B run before the last line is printed, so that W&B's own lines do not come after it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def _interrupted() -> int:
+    signum = received_signal() or 15
+    name = "Ctrl-C" if signum == 2 else "SIGTERM"
+    run = Path(os.environ.get(RUN_DIR_ENV, "runs/<name>/version_<n>"))
+    saved = run / "checkpoints" / "interrupted.ckpt"
+    if saved.is_file():
+        epoch, step = checkpoint_position(saved)
+        print(
+            f"\ninterrupted by {name}: {saved} saved (epoch {epoch}, step {step}); resume with the same command and "
+            "--ckpt_path last",
+            file=sys.stderr,
+        )
     else:
-        argv = rewrite_argv(argv)
+        print(f"\ninterrupted by {name} before training started: nothing was trained, nothing saved", file=sys.stderr)
+    return 128 + signum
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args or os.environ.get("ZOO_DEBUG", "") not in ("", "0")
+    if "--debug" in args:
+        os.environ["ZOO_DEBUG"] = "1"  # the processes that strategy="ddp" relaunches do not see the flag
+        args = [a for a in args if a != "--debug"]
+    install_signal_handlers()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
     try:
+        args = rewrite_argv(args)
+        if argv is None:  # from the command line: strategy="ddp" relaunches sys.argv, so rewrite it in place
+            sys.argv[1:] = args
         cli = ZooCLI(
             None,
             None,
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=None,  # the config is written into the run folder instead
-            args=argv,
+            args=None if argv is None else args,
             auto_configure_optimizers=False,
+            seed_everything_default=0,  # what True gave, without "No seed found"
         )
     except SIGTERMException:
-        run = os.environ.get(RUN_DIR_ENV, "runs/<name>/version_<n>")
-        print(f"\ninterrupted: {run}/checkpoints/interrupted.ckpt saved; resume with --ckpt_path last", file=sys.stderr)
-        return 143
+        _finish_wandb(1)
+        return _interrupted()
+    except Exception as e:
+        if debug:
+            raise
+        status = 2 if isinstance(e, USER_ERRORS) else 1
+        _finish_wandb(status)
+        kind = "" if isinstance(e, (*USER_ERRORS, DivergenceError)) else f"{type(e).__name__}: "
+        print(f"train.py: error: {kind}{one_line(e)}", file=sys.stderr)
+        if status == 1 and not isinstance(e, DivergenceError):
+            print("(run again with --debug or ZOO_DEBUG=1 for the traceback)", file=sys.stderr)
+        return status
     cli.report()
     for logger in cli.trainer.loggers:  # WandbLogger never finishes its run: flush its files before we exit
         if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:

@@ -1,0 +1,78 @@
+"""Interruption: SIGTERM and Ctrl-C (SIGINT) stop a run the same way, at a batch boundary, with
+``interrupted.ckpt`` that resumes exactly; a second Ctrl-C stops at once. Before training starts (parsing, data
+loading, setup) either signal stops the run straight away and nothing is saved, since nothing was trained.
+
+Lightning handles SIGTERM itself (a flag that the loops read after each batch); Ctrl-C is turned into that same
+flag here. Any other exception (a bad data file, a crash, a diverged loss) saves nothing: ``last.ckpt``, written
+every epoch, stays the newest resume point instead of a checkpoint taken at a point that cannot be resumed.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+__all__ = ["Interrupted", "InterruptCheckpoint", "install_signal_handlers", "received_signal"]
+
+_state: dict = {"trainer": None, "signum": None}
+
+
+class Interrupted(SIGTERMException):
+    """SIGTERM or SIGINT before training started: raised at once, nothing to save."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def received_signal() -> int | None:
+    """The signal that interrupted this process (``signal.SIGTERM`` or ``signal.SIGINT``), if one did."""
+    return _state["signum"]
+
+
+def _handle(signum: int, frame) -> None:
+    first, trainer = _state["signum"] is None, _state["trainer"]
+    _state["signum"] = signum
+    if trainer is None:
+        raise Interrupted(signum)
+    if first:  # the training loop stops after this batch (for SIGTERM, Lightning's handler has set it too)
+        trainer._signal_connector.received_sigterm = True
+    elif signum == signal.SIGINT:
+        print("\nsecond Ctrl-C: stopping now, without saving", file=sys.stderr)
+        raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    """Route SIGTERM and SIGINT of this process through :class:`InterruptCheckpoint` (call once, early)."""
+    signal.signal(signal.SIGTERM, _handle)
+    signal.signal(signal.SIGINT, _handle)
+
+
+class InterruptCheckpoint(L.Callback):
+    """Saves ``<dirpath>/interrupted.ckpt`` when a signal stops training at a batch boundary (never for other
+    exceptions, nor before the first step); deletes it when a later run of the same folder finishes."""
+
+    def __init__(self, dirpath: str | Path, filename: str = "interrupted") -> None:
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _state["trainer"] = trainer
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _state["trainer"] = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        _state["trainer"] = None
+        at_boundary = isinstance(exception, SIGTERMException) and not isinstance(exception, Interrupted)
+        if at_boundary and trainer.global_step > 0:
+            trainer.save_checkpoint(self.path)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # only when fit finishes
+        _state["trainer"] = None
+        if rank_zero_only.rank == 0 and self.path.is_file():
+            self.path.unlink()  # superseded by this run's last.ckpt

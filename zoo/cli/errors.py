@@ -1,0 +1,44 @@
+"""Errors as the command line shows them: one line that says what is wrong, not the traceback around it."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["UsageError", "one_line"]
+
+
+class UsageError(Exception):
+    """Something the user passed cannot work; the message says what and what to do instead."""
+
+
+_NOISE = re.compile(r"Expected a <class 'NoneType'>|Not a valid subclass of .*|Given value.*|Subtypes: .*")
+
+
+def _reasons(text: str) -> list[str]:
+    """The innermost reasons of a jsonargparse message, whose "Does not validate against any of the Union subtypes"
+    wraps, once per subtype tried, the error that each raised ("- lr must be > 0", "- Expected a <class 'int'>")."""
+    if "Errors:" not in text:
+        return [text.strip()]
+    found: list[str] = []
+    for item in re.split(r"\n\s*- ", text.split("Errors:", 1)[1])[1:]:
+        item = re.sub(r"\n\s*(Given value|Subtypes).*", "", item, flags=re.S).strip()
+        if _NOISE.fullmatch(item):
+            continue
+        head, _, tail = item.partition(":\n")
+        found += _reasons(tail) if tail and ("Errors:" in tail or head.startswith("Problem with")) else [item]
+    return [" ".join(r.split()) for r in found if r]
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line, unwrapped from jsonargparse's layers."""
+    text = str(e)
+    key = re.match(r'Parser key "([^"]+)":', text)
+    reasons = _reasons(text)
+    types = [m.group(1) for r in reasons if (m := re.fullmatch(r"Expected a <class '(\w+)'>", r))]
+    if key and types and len(types) == len(reasons):
+        given = re.search(r"Given value: (.*)", text)
+        return f"--{key.group(1)}: expected {' or '.join(types)}, got {given.group(1).strip() if given else 'other'}"
+    message = "; ".join(dict.fromkeys(reasons)) or text.strip()
+    if key and not message.startswith(f"--{key.group(1)}"):
+        message = f"--{key.group(1)}: {message}"
+    return " ".join(message.split())
