@@ -312,6 +312,7 @@ class CIFAR10DataModule(SplitDataModule):
             cutout=cutout,
             batch_size=batch_size,
             num_workers=num_workers,
+            size=32,
         )
         if not 0 < val_size < num_images[0]:
             raise ValueError(f"val_size must be between 1 and {num_images[0] - 1}, got {val_size}")

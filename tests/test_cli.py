@@ -7,6 +7,7 @@ import shutil
 import lightning as L
 import numpy as np
 import pytest
+import torch
 from conftest import N_TEST, N_TRAIN, quiet_trainer
 from PIL import Image
 
@@ -177,3 +178,12 @@ def test_publish_records_the_other_seeds_of_a_recipe(cifar_dir, tmp_path, lenet_
     assert seeds["mean"] == pytest.approx(sum(seeds["values"]) / 2, abs=1e-6)
     assert seeds["std"] == pytest.approx(abs(seeds["values"][0] - seeds["values"][1]) / 2**0.5, abs=1e-6)
     assert "2 seeds:" in weights_table()
+
+
+def test_publish_refuses_non_finite_weights(cifar_dir, tmp_path, lenet_fixture):
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    ckpt["state_dict"]["net.head.bias"][0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.ckpt")
+    with pytest.raises(zoo.CheckpointError, match=r"nan.ckpt holds non-finite weights \(1 tensors .*net.head.bias"):
+        publish(tmp_path / "nan.ckpt", "nan", "configs/lenet5.cifar10.yaml", data_dir=str(cifar_dir))
+    assert "lenet5.nan" not in read_manifest(tmp_path / "ckpts")

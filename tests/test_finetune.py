@@ -141,7 +141,7 @@ def test_finetune_recipe_runs_from_the_weights(config, tmp_path, cifar_dir, text
     """train.py with the recipe on a fixture: the run starts from the published weights, whose backbone rows for
     entries the data shares are still the weights' after the first (frozen) steps."""
     cfg = yaml.safe_load((ROOT / config).read_text())["model"]["init_args"]
-    args = ["fit", "--config", str(ROOT / config), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
+    args = ["fit", "--config", str(ROOT / config), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1"]
     args += ["--trainer.logger", "false", "--trainer.precision", "32-true"]
     if "freeze" not in cfg:  # a recipe that trains everything at once: frozen here, to see the weights' rows
         args += ["--model.freeze", "backbone"]

@@ -7,8 +7,9 @@ import importlib
 
 import zoo
 from zoo.weights import read_manifest
+from zoo.weights.measure import split_evaluation
 
-__all__ = ["model_card", "count_flops", "data_licence", "split_evaluation"]
+__all__ = ["model_card", "count_flops", "data_licence"]
 
 
 def count_flops(net, shape: list[int]) -> float:
@@ -31,21 +32,6 @@ def data_licence(class_path: str) -> str:
     return licence or "not stated: check the dataset's terms before you publish results"
 
 
-def split_evaluation(data: dict) -> dict[str, str]:
-    """``val_split`` and ``test_split`` as the DataModule of a manifest's ``data`` describes the splits that its
-    recorded arguments make (``describe_splits``): the words stored at publishing came from one template for every
-    DataModule, which called a corpus's own val split a fraction held out of train. Empty where the DataModule
-    does not describe its splits (the stored words stand)."""
-    describe = getattr(_data_class(data["class_path"]), "describe_splits", None)
-    if describe is None:
-        return {}
-    words = describe(data.get("init_args") or {})
-    return {
-        "val_split": f"{words['val']}, used for model selection",
-        "test_split": f"{words['test']}, measured once by `zoo publish`",
-    }
-
-
 def model_card(name: str) -> dict:
     """What ``zoo info`` shows: registered model ``name`` or published weights ``model.tag``, from the registry and
     the manifest (never typed by hand: the README's tables come from the same place)."""
@@ -57,6 +43,7 @@ def model_card(name: str) -> dict:
     if weights:
         net = zoo.load_pretrained(weights).net
         data = weights.data or {}
+        splits = split_evaluation(_data_class(data["class_path"]), data.get("init_args")) if data else {}
         card |= {
             "weights": weights.name,
             "file": weights.file,
@@ -64,7 +51,7 @@ def model_card(name: str) -> dict:
             "dtype": weights.dtype,
             "classes": weights.classes,
             "metrics": weights.metrics,
-            "evaluation": {**weights.evaluation, **(split_evaluation(data) if data else {})},
+            "evaluation": {**weights.evaluation, **splits},
             "recipe": weights.recipe,
             "data": data.get("class_path"),
             "data_args": data.get("init_args"),

@@ -23,6 +23,7 @@ import re
 import secrets
 import string
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -404,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         args = [a for a in args if a != "--debug"]
     install_signal_handlers()
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # resuming in it
     try:
         args = rewrite_argv(args)
         if argv is None:  # from the command line: strategy="ddp" relaunches sys.argv, so rewrite it in place

@@ -12,7 +12,7 @@ import lightning as L
 
 from zoo.checkpoint import CheckpointError
 
-__all__ = ["data_spec", "build_datamodule", "evaluate"]
+__all__ = ["data_spec", "build_datamodule", "evaluate", "split_evaluation"]
 
 
 def data_spec(ckpt: dict) -> dict:
@@ -45,3 +45,16 @@ def evaluate(model: L.LightningModule, dm: L.LightningDataModule, stage: str) ->
     )
     run = trainer.test if stage == "test" else trainer.validate
     return {k: round(float(v), 6) for k, v in run(model, datamodule=dm, verbose=False)[0].items()}
+
+
+def split_evaluation(data_class: type | None, init_args: dict) -> dict[str, str]:
+    """``val_split`` and ``test_split`` in words, as DataModule ``data_class`` describes the splits that
+    ``init_args`` make (``describe_splits``); empty where it does not describe them."""
+    describe = getattr(data_class, "describe_splits", None)
+    if describe is None:
+        return {}
+    words = describe(init_args or {})
+    return {
+        "val_split": f"{words['val']}, used for model selection",
+        "test_split": f"{words['test']}, measured once by `zoo publish`",
+    }

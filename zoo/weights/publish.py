@@ -11,9 +11,10 @@ import lightning as L
 from safetensors.torch import save_file
 
 from datamodules.contract import Labelled, Preprocessed
-from zoo.checkpoint import model_from_checkpoint, read_checkpoint
+from zoo.callbacks.divergence import non_finite
+from zoo.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from zoo.weights.manifest import Weights, read_manifest, write_manifest
-from zoo.weights.measure import build_datamodule, data_spec, evaluate
+from zoo.weights.measure import build_datamodule, data_spec, evaluate, split_evaluation
 from zoo.weights.store import checkpoint_dir, sha256_of
 
 __all__ = ["publish", "FP16_TOLERANCE"]
@@ -41,11 +42,17 @@ def publish(
     percentage points (a test loss, for language models, by at most ``fp16_tolerance / 100``; both measured
     here; ``None`` keeps float32). The published metrics are always those of the stored weights."""
     ckpt = read_checkpoint(ckpt_path)
+    if bad := non_finite(ckpt["state_dict"]):
+        raise CheckpointError(
+            f"{ckpt_path} holds non-finite weights ({len(bad)} tensors with NaN or inf: {', '.join(bad[:3])}): "
+            "the run diverged; publish a checkpoint from before it, or train again"
+        )
     hp = ckpt["hyper_parameters"]
     arch = hp["arch"]
     model = model_from_checkpoint(ckpt, ckpt_path).eval()
     cls = type(model)
-    dm = build_datamodule(data_spec(ckpt), data_dir)
+    spec = data_spec(ckpt)
+    dm = build_datamodule(spec, data_dir)
     t0 = time.time()
     val = evaluate(model, dm, "validate")
     test = evaluate(model, dm, "test")
@@ -103,6 +110,7 @@ def publish(
         "evaluation": {
             "test_split": "the dataset's official test split, measured once by `zoo publish`",
             "val_split": f"held out of train by {type(dm).__name__} ({split}), used for model selection",
+            **split_evaluation(type(dm), spec["init_args"]),
             "checkpoint": {
                 "file": Path(ckpt_path).name,
                 "epoch": ckpt.get("epoch"),
