@@ -17,7 +17,7 @@ import zoo
 from datamodules import DatasetError, cifar10, default_data_dir
 from datamodules.cifar10 import CIFAR10DataModule, download_cifar10, find_cifar10
 from zoo.checkpoint import CheckpointError, read_checkpoint
-from zoo.cli.main import _render
+from zoo.cli.main import render_result
 from zoo.weights import PretrainedError
 from zoo.weights.measure import evaluate
 
@@ -49,7 +49,7 @@ def show_families() -> dict[str, str]:
             print(f"      {name}: no demo input for it yet (zoo predict {name} TEXT tries one)")
             continue
         text, options = INPUTS[name]
-        answers[name] = _render(zoo.load_pretrained(name).predict(text, **options)[0])
+        answers[name] = render_result(zoo.load_pretrained(name).predict(text, **options)[0])
         print(f"      {name} <- {text!r}")
         print("\n".join("        " + line for line in answers[name].splitlines()))
     return answers

@@ -142,7 +142,7 @@ def _predict(args: argparse.Namespace) -> int:
         return 0
     table = Table("input", "output")
     for given, result in zip(args.inputs, results):
-        table.add_row(given, _render(result))
+        table.add_row(given, render_result(result))
     Console().print(table)
     return 0
 
@@ -153,7 +153,7 @@ def _check_tta(model, tta: str | None, name: str) -> None:
         raise ValueError(f"{name} ({type(model).__name__}) has no test-time augmentation {tta!r}")
 
 
-def _render(result) -> str:
+def render_result(result) -> str:
     if isinstance(result, str):
         return result
     if isinstance(result, dict):  # a tagged sentence
