@@ -6,8 +6,8 @@ What it adds to LightningCLI:
   the W&B run; ``--ckpt_path last|best`` finds the newest run of that name and continues in its folder;
 - defaults: W&B logger (offline unless an API key is configured or ``WANDB_MODE`` is set), ``best.ckpt`` on the
   task's validation metric, ``last.ckpt`` every epoch (and every ``--checkpoint_every_n_steps``), written
-  atomically and never with non-finite weights, a stop on a non-finite loss, LearningRateMonitor, progress bar,
-  and the training record used when weights are published;
+  atomically and never with non-finite weights, a stop on a non-finite loss, training curves and run metadata
+  in the loggers (``--wandb.*`` options), progress bar, and the training record used when weights are published;
 - SIGTERM and Ctrl-C save ``interrupted.ckpt`` at a batch boundary and exit with status 143 / 130;
 - a resume says which file and step it continues from, refuses a checkpoint of another model or with other
   hyperparameters, and never replaces a run's further progress;
@@ -20,24 +20,21 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
-import string
 import sys
 import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import (
     Callback,
-    LearningRateMonitor,
     ModelCheckpoint,
     RichProgressBar,
     TQDMProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -54,9 +51,12 @@ from zoo import CheckpointError, PretrainedError, UnknownModelError, model_info
 from zoo.callbacks import PredictionSaver, TrainingRecord
 from zoo.callbacks.divergence import DivergenceError, StopOnDivergence
 from zoo.callbacks.interruption import InterruptCheckpoint, install_signal_handlers, received_signal
+from zoo.callbacks.run_metadata import RunMetadata
+from zoo.callbacks.training_curves import TrainingCurves
 from zoo.checkpoint import INIT_ONLY
 from zoo.cli.checkpoint_io import SafeCheckpointIO
 from zoo.cli.errors import UsageError, one_line
+from zoo.cli.loggers import WandbOptions, wandb_logger
 
 __all__ = ["ZooCLI", "main", "rewrite_argv", "resolve_checkpoint"]
 
@@ -94,39 +94,6 @@ def rewrite_argv(argv: list[str]) -> list[str]:
             out += [key, value]
         i += 1
     return out
-
-
-def _wandb_logger(run_dir: Path, name: str, resume: bool) -> Logger:
-    try:
-        import wandb  # noqa: F401
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:
-        print(f"wandb is not installed: logging to CSV in {run_dir}", file=sys.stderr)
-        return CSVLogger(run_dir, name="", version="")
-    if "WANDB_MODE" not in os.environ and not _wandb_key_configured():
-        os.environ["WANDB_MODE"] = "offline"  # the env var (unlike offline=True) still allows log_model
-    id_file = run_dir / "wandb_id"
-    run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
-    if run_id is None:
-        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-        if rank_zero_only.rank == 0:
-            id_file.write_text(run_id)
-    logger = WandbLogger(
-        project=os.environ.get("WANDB_PROJECT", "lightning-zoo"),
-        name=name,
-        id=run_id,
-        save_dir=str(run_dir),
-        resume="allow",
-    )
-    logger._wandb_init.pop("anonymous", None)  # Lightning passes None, which W&B warns about on every run
-    return logger
-
-
-def _wandb_key_configured() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
 def _versions(base: Path) -> list[Path]:
@@ -205,6 +172,7 @@ class ZooCLI(LightningCLI):
             default=None,
             help="also rewrite last.ckpt every N training steps (it is always rewritten at the end of each epoch)",
         )
+        parser.add_class_arguments(WandbOptions, "wandb", help="W&B settings of the run (the default logger)")
 
     def _run_name(self) -> str:
         cfg = self.config[self.subcommand]
@@ -263,6 +231,18 @@ class ZooCLI(LightningCLI):
                 "Leave them out to resume, or leave out --ckpt_path to start a new run"
             )
 
+    def _config_file(self, ckpt: str | None) -> Path:
+        """``config.yaml`` for a new run; a resumed run writes its command's config beside it, never over it
+        (``config.resume-1.yaml`` ...); other subcommands ``test.yaml``, ``predict.yaml``."""
+        if self.subcommand != "fit":
+            return self.run_dir / f"{self.subcommand}.yaml"
+        if not (ckpt and (self.run_dir / "config.yaml").is_file()):
+            return self.run_dir / "config.yaml"
+        n = 1
+        while (self.run_dir / f"config.resume-{n}.yaml").exists():
+            n += 1
+        return self.run_dir / f"config.resume-{n}.yaml"
+
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         cfg, init = self.config[self.subcommand], self.config_init[self.subcommand]
         base = Path(cfg.run_root) / self._run_name()
@@ -279,21 +259,24 @@ class ZooCLI(LightningCLI):
                 print(f"{verb} {ckpt} (epoch {epoch}, step {step})", file=sys.stderr)
         self.run_dir = self._run_dir(base, ckpt)
         os.environ[RUN_DIR_ENV] = str(self.run_dir)
+        dumped = self._parser(self.subcommand).dump(cfg, skip_none=False)
+        self.config_file = self._config_file(ckpt)
         if rank_zero_only.rank == 0:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                (self.run_dir / ("config.yaml" if self.subcommand == "fit" else f"{self.subcommand}.yaml")).write_text(
-                    self._parser(self.subcommand).dump(cfg, skip_none=False)
-                )
+                self.config_file.write_text(dumped)
             except OSError as e:
                 raise UsageError(
                     f"cannot write the run folder {self.run_dir} ({e.strerror}): pass --run_root a folder you can "
                     "write to"
                 ) from None
+        self.config_dict = yaml.safe_load(dumped)
         trainer_cfg = self.config_init[self.subcommand]["trainer"]
         logger = trainer_cfg.get("logger")
         if logger in (None, True):
-            logger = _wandb_logger(self.run_dir, f"{base.name}/{self.run_dir.name}", resume=ckpt is not None)
+            options = init.get("wandb") or WandbOptions()
+            name = f"{base.name}/{self.run_dir.name}"
+            logger = wandb_logger(self.run_dir, name, ckpt is not None, options) or False
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         defaults = self._default_callbacks(
@@ -315,9 +298,10 @@ class ZooCLI(LightningCLI):
             bars.append(RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=50))
         if self.subcommand == "predict":
             return [*bars, PredictionSaver(str(self.run_dir))]
+        meta = [RunMetadata(self.config_dict, self.config_file)] if logger else []
         if self.subcommand != "fit":
-            return bars
-        cbs: list[Callback] = [StopOnDivergence(), TrainingRecord(), *bars]
+            return [*bars, *meta]
+        cbs: list[Callback] = [StopOnDivergence(), TrainingRecord(), *bars, *meta]
         if checkpoints:
             ckpt_dir = self.run_dir / "checkpoints"
             metric, mode = getattr(self.model, "monitor", ("val_loss", "min"))
@@ -332,7 +316,7 @@ class ZooCLI(LightningCLI):
                 InterruptCheckpoint(ckpt_dir),
             ]
         if logger:
-            cbs.append(LearningRateMonitor(logging_interval="epoch"))
+            cbs.append(TrainingCurves())
         return cbs
 
     def report(self) -> None:

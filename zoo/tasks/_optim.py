@@ -34,6 +34,7 @@ def param_groups(
             "params": params,
             "weight_decay": 0.0 if no_decay else weight_decay,
             "lr": lr * (backbone_lr_mult if backbone else 1.0),
+            "name": ("backbone" if backbone else "head" if is_head else "weights") + ("_no_decay" if no_decay else ""),
         }
         for (no_decay, backbone), params in sorted(groups.items())
     ]

@@ -1,0 +1,78 @@
+"""Read an offline W&B run back from its ``run-*.wandb`` file: the records W&B wrote (config, history rows,
+summary, files), parsed with W&B's own protobuf classes. The file is LevelDB-log framed: a 7-byte header
+(``:W&B``, magic, version), then 32 KiB blocks of chunks, each with a 7-byte header (crc, length, type)."""
+
+import json
+import struct
+from pathlib import Path
+
+BLOCK, HEADER = 32768, 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def _payloads(data: bytes):
+    pos, parts = HEADER, b""
+    while pos + HEADER <= len(data):
+        if BLOCK - pos % BLOCK < HEADER:  # a block's tail too short for a header is padding
+            pos += BLOCK - pos % BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        chunk, pos = data[pos + HEADER : pos + HEADER + length], pos + HEADER + length
+        if kind == FULL:
+            yield chunk
+        elif kind == FIRST:
+            parts = chunk
+        elif kind == MIDDLE:
+            parts += chunk
+        elif kind == LAST:
+            yield parts + chunk
+        elif length == 0:
+            break
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+class WandbRun:
+    """``config`` (key -> value), ``history`` (one dict per logged row), ``summary``, ``files`` (saved paths)."""
+
+    def __init__(self, run_folder: Path) -> None:
+        from wandb.proto import wandb_internal_pb2
+
+        (path,) = Path(run_folder).glob("run-*.wandb")
+        self.folder = Path(run_folder)
+        self.config: dict = {}
+        self.history: list[dict] = []
+        self.summary: dict = {}
+        self.files: list[str] = []
+        self.run: dict = {}
+        for payload in _payloads(path.read_bytes()):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(payload)
+            kind = record.WhichOneof("record_type")
+            if kind == "config":
+                for item in record.config.update:
+                    self.config[_key(item)] = json.loads(item.value_json)
+            elif kind == "run":
+                self.run = {
+                    "project": record.run.project,
+                    "name": record.run.display_name,
+                    "group": record.run.run_group,
+                    "tags": list(record.run.tags),
+                    "id": record.run.run_id,
+                }
+                for item in record.run.config.update:
+                    self.config[_key(item)] = json.loads(item.value_json)
+            elif kind == "history":
+                self.history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
+            elif kind == "summary":
+                for item in record.summary.update:
+                    self.summary[_key(item)] = json.loads(item.value_json)
+            elif kind == "files":
+                self.files += [f.path for f in record.files.files]
+        unwrap = {k: v["value"] for k, v in self.config.items() if isinstance(v, dict) and "value" in v}
+        self.config |= unwrap
+
+    def curve(self, key: str) -> list:
+        return [row[key] for row in self.history if key in row]
