@@ -198,7 +198,7 @@ def test_sigterm_saves_and_resumes(cifar_dir, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
-    assert (ckpt_dir / "interrupted.ckpt").is_file() and "resume with --ckpt_path last" in err
+    assert (ckpt_dir / "interrupted.ckpt").is_file() and "resume with the same command and --ckpt_path last" in err
     stopped = torch.load(ckpt_dir / "interrupted.ckpt", weights_only=True)["global_step"]
     res = ok(
         run_train(
