@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-__all__ = ["Interrupted", "InterruptCheckpoint", "install_signal_handlers", "received_signal"]
+__all__ = ["Interrupted", "InterruptCheckpoint", "signals_routed", "received_signal"]
 
 _state: dict = {"trainer": None, "signum": None}
 
@@ -47,10 +48,19 @@ def _handle(signum: int, frame) -> None:
         raise KeyboardInterrupt
 
 
-def install_signal_handlers() -> None:
-    """Route SIGTERM and SIGINT of this process through :class:`InterruptCheckpoint` (call once, early)."""
-    signal.signal(signal.SIGTERM, _handle)
-    signal.signal(signal.SIGINT, _handle)
+@contextmanager
+def signals_routed():
+    """Within: SIGTERM and SIGINT of this process go through :class:`InterruptCheckpoint` (enter early); after, the
+    handlers that were there before (train.py's ``main`` is also called in-process, by tests or notebooks)."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    _state["signum"] = None
+    for s in before:
+        signal.signal(s, _handle)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 class InterruptCheckpoint(L.Callback):

@@ -50,7 +50,7 @@ from datamodules import DATAMODULES, DatasetError
 from zoo import CheckpointError, PretrainedError, UnknownModelError, model_info
 from zoo.callbacks import PredictionSaver, TrainingRecord
 from zoo.callbacks.divergence import DivergenceError, StopOnDivergence
-from zoo.callbacks.interruption import InterruptCheckpoint, install_signal_handlers, received_signal
+from zoo.callbacks.interruption import InterruptCheckpoint, received_signal, signals_routed
 from zoo.callbacks.run_metadata import RunMetadata
 from zoo.callbacks.training_curves import TrainingCurves
 from zoo.checkpoint import INIT_ONLY
@@ -381,18 +381,16 @@ def _interrupted() -> int:
     return 128 + signum
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in args or os.environ.get("ZOO_DEBUG", "") not in ("", "0")
-    if "--debug" in args:
-        os.environ["ZOO_DEBUG"] = "1"  # the processes that strategy="ddp" relaunches do not see the flag
-        args = [a for a in args if a != "--debug"]
-    install_signal_handlers()
+def _quiet_lightning() -> None:
+    """Lightning's advertisement for its own logger, and its warning when a resumed run saves into its folder."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
-    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # resuming in it
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+
+
+def _run(args: list[str], from_command_line: bool, debug: bool) -> int:
     try:
         args = rewrite_argv(args)
-        if argv is None:  # from the command line: strategy="ddp" relaunches sys.argv, so rewrite it in place
+        if from_command_line:  # strategy="ddp" relaunches sys.argv, so rewrite it in place
             sys.argv[1:] = args
         cli = ZooCLI(
             None,
@@ -400,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=None,  # the config is written into the run folder instead
-            args=None if argv is None else args,
+            args=None if from_command_line else args,
             auto_configure_optimizers=False,
             seed_everything_default=0,  # what True gave, without "No seed found"
         )
@@ -422,3 +420,16 @@ def main(argv: list[str] | None = None) -> int:
         if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
             logger.experiment.finish()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args or os.environ.get("ZOO_DEBUG", "") not in ("", "0")
+    if "--debug" in args:
+        os.environ["ZOO_DEBUG"] = "1"  # the processes that strategy="ddp" relaunches do not see the flag
+        args = [a for a in args if a != "--debug"]
+    with signals_routed():
+        return _run(args, argv is None, debug)
+
+
+_quiet_lightning()
