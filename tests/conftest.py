@@ -227,6 +227,21 @@ def run_train(args: list[str], cwd: Path, timeout: int = 300, env: dict | None =
     )
 
 
+def lenet_args(cifar_dir: Path, *args: str) -> list[str]:
+    """``train.py`` options for LeNet-5 on the CIFAR fixture, one validation batch, no progress bar; ``args`` last."""
+    data = ["--data", "cifar10", "--data.data_dir", str(cifar_dir), *FIXTURE_ARGS]
+    return [
+        "--model",
+        "lenet5",
+        *data,
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        *args,
+    ]
+
+
 def pairs_tsv(folder: Path) -> Path:
     path = folder / "pairs.tsv"
     path.write_text("".join(f"ein hund {i} .\ta dog {i} .\n" for i in range(60)), encoding="utf-8")

@@ -7,28 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURE_ARGS, ROOT, run_train
+from conftest import ROOT, lenet_args, run_train
 
 TESTS = str(ROOT / "tests")
 ENV = {"PYTHONPATH": f"{ROOT}:{TESTS}", "WANDB_MODE": "disabled"}
 
 
 def lenet(cifar_dir: Path, *args: str, sub: str = "fit") -> list[str]:
-    return [
-        sub,
-        "--model",
-        "lenet5",
-        "--data",
-        "cifar10",
-        "--data.data_dir",
-        str(cifar_dir),
-        *FIXTURE_ARGS,
-        "--trainer.limit_val_batches",
-        "1",
-        "--trainer.enable_progress_bar",
-        "false",
-        *args,
-    ]
+    return [sub, *lenet_args(cifar_dir, *args)]
 
 
 def train(args: list[str], cwd: Path, status: int = 0):

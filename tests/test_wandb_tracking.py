@@ -5,7 +5,7 @@ run's config beside the original; nothing at all when W&B is disabled."""
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_ARGS, run_train
+from conftest import lenet_args, run_train
 from wandb_records import WandbRun
 
 
@@ -15,24 +15,7 @@ def wandb_env():
 
 
 def lenet(cifar_dir: Path, *args: str) -> list[str]:
-    return [
-        "--model",
-        "lenet5",
-        "--data",
-        "cifar10",
-        "--data.data_dir",
-        str(cifar_dir),
-        *FIXTURE_ARGS,
-        "--trainer.limit_train_batches",
-        "4",
-        "--trainer.limit_val_batches",
-        "1",
-        "--trainer.log_every_n_steps",
-        "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        *args,
-    ]
+    return lenet_args(cifar_dir, "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps", "2", *args)
 
 
 def train(args, cwd, env):
