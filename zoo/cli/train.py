@@ -57,8 +57,9 @@ from zoo.checkpoint import INIT_ONLY
 from zoo.cli.checkpoint_io import SafeCheckpointIO
 from zoo.cli.errors import UsageError, one_line
 from zoo.cli.loggers import WandbOptions, wandb_logger
+from zoo.cli.resume import checkpoint_position, plain_value, resolve_checkpoint, resume_points, run_versions, task_path
 
-__all__ = ["ZooCLI", "main", "rewrite_argv", "resolve_checkpoint"]
+__all__ = ["ZooCLI", "main", "rewrite_argv"]
 
 RUN_DIR_ENV = "ZOO_RUN_DIR"  # passed to the processes that strategy="ddp" relaunches
 
@@ -94,60 +95,6 @@ def rewrite_argv(argv: list[str]) -> list[str]:
             out += [key, value]
         i += 1
     return out
-
-
-def _versions(base: Path) -> list[Path]:
-    found = [p for p in base.glob("version_*") if p.name[8:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[8:]))
-
-
-def checkpoint_position(path: Path) -> tuple[int, int]:
-    """``(epoch, global_step)`` of a Lightning checkpoint, read without loading its tensors."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(ckpt["epoch"]), int(ckpt["global_step"])
-    except Exception as e:  # noqa: BLE001 (truncated, not a checkpoint, pickle refused)
-        raise CheckpointError(
-            f"{path} is not a readable training checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            "pass another file, or delete it to fall back on the run's other checkpoints"
-        ) from None
-
-
-def _resume_points(version: Path) -> list[tuple[int, float, Path]]:
-    """A run's ``last.ckpt`` and ``interrupted.ckpt`` as (step, mtime, path); a step-0 file resumes nothing."""
-    found = []
-    for name in ("last.ckpt", "interrupted.ckpt"):
-        path = version / "checkpoints" / name
-        if path.is_file() and (step := checkpoint_position(path)[1]) > 0:
-            found.append((step, path.stat().st_mtime, path))
-    return sorted(found)
-
-
-def resolve_checkpoint(base: Path, which: str) -> Path:
-    """``last``: the furthest of ``last.ckpt`` / ``interrupted.ckpt`` (by step) in the newest run under ``base``
-    that has one; ``best``: the newest run's ``best.ckpt``."""
-    for version in reversed(_versions(base)):
-        if which == "last" and (points := _resume_points(version)):
-            return points[-1][2]
-        if which == "best" and (version / "checkpoints" / "best.ckpt").is_file():
-            return version / "checkpoints" / "best.ckpt"
-    names = "last.ckpt or interrupted.ckpt" if which == "last" else "best.ckpt"
-    raise UsageError(
-        f"--ckpt_path {which}: no {names} under {base}/version_*/checkpoints. "
-        "Pass --run_name of the run to resume (see the runs/ folder) or a checkpoint file."
-    )
-
-
-def _plain(value):
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _task_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class ZooCLI(LightningCLI):
@@ -186,11 +133,11 @@ class ZooCLI(LightningCLI):
         if os.environ.get(RUN_DIR_ENV):
             return Path(os.environ[RUN_DIR_ENV])
         run = Path(ckpt).resolve().parent.parent if ckpt else None
-        versions = _versions(base)
+        versions = run_versions(base)
         new = base / f"version_{int(versions[-1].name[8:]) + 1 if versions else 0}"
         if not (run and run.parent == base.resolve() and Path(ckpt).parent.name == "checkpoints"):
             return new
-        if self.subcommand == "fit" and (points := _resume_points(run)):
+        if self.subcommand == "fit" and (points := resume_points(run)):
             step, furthest = checkpoint_position(Path(ckpt))[1], points[-1]
             if furthest[0] > step:  # continuing there would overwrite its further progress
                 print(
@@ -207,8 +154,8 @@ class ZooCLI(LightningCLI):
         mine = dict(getattr(self.model, "hparams", {}))
         if "arch" not in hp or "arch" not in mine:
             return  # not a zoo task: Lightning's own checks apply
-        theirs = hp.get("_class_path") or _task_path(type(self.model))
-        if (hp["arch"], theirs) != (mine["arch"], _task_path(type(self.model))):
+        theirs = hp.get("_class_path") or task_path(type(self.model))
+        if (hp["arch"], theirs) != (mine["arch"], task_path(type(self.model))):
             raise UsageError(
                 f"--ckpt_path {ckpt} holds {hp['arch']} ({theirs.rsplit('.', 1)[-1]}), but --model is {mine['arch']} "
                 f"({type(self.model).__name__}): pass --model {hp['arch']} to use it, or leave out --ckpt_path"
@@ -216,7 +163,7 @@ class ZooCLI(LightningCLI):
         differ = {
             k: (mine[k], hp[k])
             for k in mine.keys() & hp.keys()
-            if not k.startswith("_") and mine[k] is not None and _plain(mine[k]) != _plain(hp[k])
+            if not k.startswith("_") and mine[k] is not None and plain_value(mine[k]) != plain_value(hp[k])
         }
         if self.subcommand != "fit":
             kwargs = {k: v for k, v in hp.items() if not k.startswith("_")}
