@@ -211,15 +211,15 @@ def _verify(args: argparse.Namespace) -> int:
     bad = 0
     for name, w in manifest.items():
         for spec in w.file_specs:
-            found = [path for path in local_places(spec["file"]) if path.is_file()]
+            found = [place for place in local_places(spec["file"]) if place.is_file()]
             if not found:
                 status = "missing" + (" (downloaded on first use)" if spec.get("url") else "")
                 bad += not spec.get("url")
                 table.add_row(name, spec["file"], "-", status)
-            for path in found:
-                ok = sha256_of(path) == spec["sha256"]
+            for place in found:
+                ok = sha256_of(place) == spec["sha256"]
                 bad += not ok
-                table.add_row(name, spec["file"], str(path.parent), "ok" if ok else "SHA256 MISMATCH: do not use")
+                table.add_row(name, spec["file"], str(place.parent), "ok" if ok else "SHA256 MISMATCH: do not use")
     Console().print(table)
     print(
         f"{bad} problem(s)"
