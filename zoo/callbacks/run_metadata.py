@@ -14,6 +14,7 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.utilities import rank_zero_only
 
+from zoo.callbacks._util import wandb_run
 from zoo.callbacks.training_record import hardware_string
 
 __all__ = ["RunMetadata", "loggable"]
@@ -31,10 +32,6 @@ def loggable(params: dict[str, Any]) -> dict[str, Any]:
             v = loggable(v)
         out[k] = f"<{len(v)} entries>" if isinstance(v, (list, tuple)) and len(v) > LONG else v
     return out
-
-
-def _wandb(trainer: L.Trainer):
-    return next((lg.experiment for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"), None)
 
 
 def _flops_per_sample(net: torch.nn.Module, batch) -> float | None:
@@ -87,7 +84,7 @@ class RunMetadata(L.Callback):
         self._run = self._meta(trainer, pl_module)
         for logger in trainer.loggers:
             logger.log_hyperparams({"cli": loggable(self.config), "run": self._run})
-        run = _wandb(trainer)
+        run = wandb_run(trainer)
         if run is not None and rank_zero_only.rank == 0:
             metric, mode = getattr(pl_module, "monitor", ("val_loss", "min"))
             run.define_metric(metric, summary=mode)
@@ -113,11 +110,11 @@ class RunMetadata(L.Callback):
                 logger.log_hyperparams({"run": self._run})
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        run, cb = _wandb(trainer), trainer.checkpoint_callback
+        run, cb = wandb_run(trainer), trainer.checkpoint_callback
         if run is not None and rank_zero_only.rank == 0 and cb is not None and cb.best_model_score is not None:
             run.summary[cb.monitor] = float(cb.best_model_score)  # the selection metric's best, not its last
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        run = _wandb(trainer)
+        run = wandb_run(trainer)
         if run is not None and rank_zero_only.rank == 0:
             run.summary.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")})

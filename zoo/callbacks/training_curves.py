@@ -9,13 +9,9 @@ import time
 import lightning as L
 import torch
 
+from zoo.callbacks._util import batch_size
+
 __all__ = ["TrainingCurves"]
-
-
-def _batch_size(batch) -> int:
-    while isinstance(batch, (list, tuple, dict)) and batch:
-        batch = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
-    return int(batch.shape[0]) if isinstance(batch, torch.Tensor) and batch.ndim else 1
 
 
 def _group_names(optimizer: torch.optim.Optimizer) -> list[str]:
@@ -49,11 +45,11 @@ class TrainingCurves(L.Callback):
         if self._t0 is None or not trainer.loggers:
             return
         elapsed = time.perf_counter() - self._t0
-        metrics = {"step_time_s": elapsed, "samples_per_s": _batch_size(batch) * trainer.world_size / elapsed}
+        metrics = {"step_time_s": elapsed, "samples_per_s": batch_size(batch) * trainer.world_size / elapsed}
         for opt in trainer.optimizers:
             prefix = "lr" if len(trainer.optimizers) == 1 else f"lr/{type(opt).__name__}"
             for name, group in zip(_group_names(opt), opt.param_groups):
                 metrics[f"{prefix}/{name}"] = float(group["lr"])
         if self._grad_norm is not None:
             metrics["grad_norm"] = self._grad_norm
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=_batch_size(batch))
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size(batch))

@@ -31,6 +31,10 @@ class WandbOptions:
         tags: tags to filter runs by.
         log_model: upload checkpoints as model artifacts: true (best and last, at the end) or "all" (as saved).
         mode: online, offline or disabled (default: ``$WANDB_MODE``, else offline unless an API key is set up).
+        media: log the family's pictures at validation end (sample predictions, confusion matrix, generated
+            text, attention, tagged sentences, gradients through time); false turns them all off.
+        media_every_n_epochs: log them every n-th epoch (and at the last).
+        media_samples: at most this many examples per picture or table.
     """
 
     project: str | None = None
@@ -40,8 +44,13 @@ class WandbOptions:
     tags: list[str] = field(default_factory=list)
     log_model: bool | str = False
     mode: str | None = None
+    media: bool = True
+    media_every_n_epochs: int = 1
+    media_samples: int = 8
 
     def __post_init__(self) -> None:
+        if self.media_every_n_epochs < 1 or self.media_samples < 1:
+            raise ValueError("--wandb.media_every_n_epochs and --wandb.media_samples must be >= 1")
         if self.mode is not None and self.mode not in MODES:
             raise ValueError(f"--wandb.mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         if self.log_model not in (True, False, "all"):

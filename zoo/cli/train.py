@@ -51,6 +51,7 @@ from zoo import CheckpointError, PretrainedError, UnknownModelError, model_info
 from zoo.callbacks import PredictionSaver, TrainingRecord
 from zoo.callbacks.divergence import DivergenceError, StopOnDivergence
 from zoo.callbacks.interruption import InterruptCheckpoint, received_signal, signals_routed
+from zoo.callbacks.media import media_callbacks
 from zoo.callbacks.run_metadata import RunMetadata
 from zoo.callbacks.training_curves import TrainingCurves
 from zoo.checkpoint import INIT_ONLY
@@ -264,6 +265,9 @@ class ZooCLI(LightningCLI):
             ]
         if logger:
             cbs.append(TrainingCurves())
+        options = self.config_init[self.subcommand].get("wandb") or WandbOptions()
+        if type(logger).__name__ == "WandbLogger" and options.media:
+            cbs += media_callbacks(self.model, options.media_every_n_epochs, options.media_samples)
         return cbs
 
     def report(self) -> None:
