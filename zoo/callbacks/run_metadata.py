@@ -1,25 +1,33 @@
 """What a run records about itself in its loggers (W&B config and summary, CSV ``hparams.yaml``), once its data is
 set up: the whole resolved ``train.py`` config, the model's hyperparameters as the data made them, versions,
-hardware, precision, world size, parameter count, FLOPs per sample; the best value of the selection metric and
-the test metrics in the summary; ``config.yaml`` as a run file."""
+hardware, precision, world size, parameter count, FLOPs per sample, the sha256 of the data files read; the best
+value of the selection metric and the test metrics in the summary; ``config.yaml`` as a run file."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import platform
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.data import AttributeDict
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from datamodules.contract import DataFiles
 from zoo.callbacks._util import wandb_run
 from zoo.callbacks.training_record import hardware_string
 
-__all__ = ["RunMetadata", "loggable"]
+__all__ = ["RunMetadata", "loggable", "file_sha256", "data_digest"]
 
-LONG = 50  # lists longer than this (vocabularies, class names) are logged as their length
+LONG = 50  # lists longer than this (vocabularies, class names) are logged as their length; files too
+HASH_CHUNK = 1 << 20  # bytes read at a time: a file's size never sits in memory
+SLOW_HASH_S = 5.0  # hashing that took longer is said in the log (a large image folder), with how to read it
 
 
 def loggable(params: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +40,63 @@ def loggable(params: dict[str, Any]) -> dict[str, Any]:
             v = loggable(v)
         out[k] = f"<{len(v)} entries>" if isinstance(v, (list, tuple)) and len(v) > LONG else v
     return out
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of the file at ``path`` (what ``sha256sum`` prints), read in ``HASH_CHUNK`` pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_digest(files: Sequence[str | Path]) -> dict[str, Any]:
+    """What identifies the data in ``files`` (a DataModule's ``data_files()``), hashed now, from disk (nothing kept
+    between runs that could go stale): ``sha256``, ``count``, ``bytes``, ``root`` (their common folder) and, for up to
+    ``LONG`` files, ``files``: path under ``root`` -> sha256.
+
+    ``sha256`` is the file's own for one file (compare it with ``sha256sum`` or a dataset's published checksum);
+    for several, the sha256 of their ``sha256sum`` listing sorted by path, lines ``<sha256>  <path under root>``
+    (``cd root && sha256sum <files> | LC_ALL=C sort -k2 | sha256sum`` gives it): a changed byte, a renamed file (an
+    image moved to another class) or one more file changes it, the data folder moved elsewhere or another file
+    beside the data does not. No files (generated data): ``sha256`` is ``None``, the settings are the identity. A
+    path that is not a regular file (a pipe, read once and gone, or a file deleted since) cannot be hashed again:
+    ``sha256`` is ``None`` and ``not_hashed`` names them."""
+    paths = [Path(f).absolute() for f in dict.fromkeys(files)]
+    if not paths:
+        return {"sha256": None, "count": 0, "files": {}}
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    names = [p.relative_to(root).as_posix() for p in paths]
+    out: dict[str, Any] = {"sha256": None, "count": len(paths), "root": str(root)}
+    gone = [n for n, p in zip(names, paths) if not p.is_file()]
+    if gone:
+        return {**out, "not_hashed": gone[:LONG]}
+    # threads: hashlib releases the GIL on large updates, so a folder of many files hashes on several cores
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(file_sha256, paths))
+    listing = sorted(zip(names, digests))
+    combined = "".join(f"{d}  {n}\n" for n, d in listing)
+    out["sha256"] = digests[0] if len(paths) == 1 else hashlib.sha256(combined.encode()).hexdigest()
+    out["bytes"] = sum(p.stat().st_size for p in paths)
+    if len(paths) <= LONG:
+        out["files"] = dict(listing)
+    return out
+
+
+def _data_identity(datamodule: object) -> dict[str, Any] | None:
+    """``data_digest`` of the files the DataModule read; ``None`` without a DataModule that says (``DataFiles``)."""
+    if not isinstance(datamodule, DataFiles):
+        return None
+    start = time.perf_counter()
+    data = data_digest(datamodule.data_files())
+    seconds = time.perf_counter() - start
+    if seconds > SLOW_HASH_S:
+        rank_zero_info(
+            f"run metadata: hashed {data['count']:,} data files ({data.get('bytes', 0) / 1e9:.1f} GB) in "
+            f"{seconds:.0f} s (sha256 {data['sha256']})"
+        )
+    return data
 
 
 def _flops_per_sample(net: torch.nn.Module, batch) -> float | None:
@@ -63,7 +128,7 @@ class RunMetadata(L.Callback):
         params = list(pl_module.parameters())
         return {
             "zoo": zoo.__version__,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),  # a TorchVersion, which YAML (CSV hparams.yaml) writes as an object
             "lightning": L.__version__,
             "python": platform.python_version(),
             "hardware": hardware_string(accel),
@@ -82,6 +147,10 @@ class RunMetadata(L.Callback):
             if part is not None and hasattr(part, "_hparams_initial"):
                 part._hparams_initial = AttributeDict(loggable(dict(part.hparams)))
         self._run = self._meta(trainer, pl_module)
+        if rank_zero_only.rank == 0:  # the loggers write on rank 0 only: the other ranks do not hash the files
+            data = _data_identity(trainer.datamodule)
+            if data is not None:
+                self._run["data"] = data
         for logger in trainer.loggers:
             logger.log_hyperparams({"cli": loggable(self.config), "run": self._run})
         run = wandb_run(trainer)
@@ -96,6 +165,10 @@ class RunMetadata(L.Callback):
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "test":
+            self._start(trainer, pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":  # not the validation loops inside fit
             self._start(trainer, pl_module)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:

@@ -57,30 +57,36 @@ from zoo.callbacks.training_curves import TrainingCurves
 from zoo.checkpoint import INIT_ONLY
 from zoo.cli.checkpoint_io import SafeCheckpointIO
 from zoo.cli.errors import UsageError, one_line
-from zoo.cli.loggers import WandbOptions, wandb_logger
+from zoo.cli.file_loggers import RUN_DIR_ENV
+from zoo.cli.file_loggers import SHORT_NAMES as FILE_LOGGERS
+from zoo.cli.loggers import WandbOptions, run_loggers
 from zoo.cli.resume import checkpoint_position, plain_value, resolve_checkpoint, resume_points, run_versions, task_path
 
 __all__ = ["ZooCLI", "main", "rewrite_argv"]
 
-RUN_DIR_ENV = "ZOO_RUN_DIR"  # passed to the processes that strategy="ddp" relaunches
+
+SHORT_KEYS = ("--model", "--data", "--model.help", "--data.help", "--trainer.logger", "--trainer.logger+")
 
 
 def rewrite_argv(argv: list[str]) -> list[str]:
     """``--model resnet20`` -> ``--model <task class> --model.arch resnet20``; ``--data cifar10`` -> class path;
-    ``--model.help resnet20`` / ``--data.help translation`` -> the help of that class."""
+    ``--model.help resnet20`` / ``--data.help translation`` -> the help of that class; ``--trainer.logger
+    CSVLogger`` / ``TensorBoardLogger`` -> the ones that write into the run folder."""
     out: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         key, eq, value = arg.partition("=")
-        if key in ("--model", "--data", "--model.help", "--data.help") and not eq and i + 1 < len(argv):
+        if key in SHORT_KEYS and not eq and i + 1 < len(argv):
             value, i = argv[i + 1], i + 1
-        elif not (key in ("--model", "--data", "--model.help", "--data.help") and eq):
+        elif not (key in SHORT_KEYS and eq):
             out.append(arg)
             i += 1
             continue
         short = re.fullmatch(r"[a-z0-9_]+", value)  # a registry name, not a class name or path
-        if key.startswith("--data"):
+        if key.startswith("--trainer.logger"):
+            out += [key, FILE_LOGGERS.get(value, value)]
+        elif key.startswith("--data"):
             if short and value not in DATAMODULES:
                 raise UsageError(
                     f"unknown {key} {value!r}: one of {', '.join(DATAMODULES)}, or a DataModule class path"
@@ -220,11 +226,9 @@ class ZooCLI(LightningCLI):
                 ) from None
         self.config_dict = yaml.safe_load(dumped)
         trainer_cfg = self.config_init[self.subcommand]["trainer"]
-        logger = trainer_cfg.get("logger")
-        if logger in (None, True):
-            options = init.get("wandb") or WandbOptions()
-            name = f"{base.name}/{self.run_dir.name}"
-            logger = wandb_logger(self.run_dir, name, ckpt is not None, options) or False
+        options, name = init.get("wandb") or WandbOptions(), f"{base.name}/{self.run_dir.name}"
+        given = (trainer_cfg.get("logger"), cfg.trainer.logger)  # a WandbLogger among them is set up as the zoo's
+        logger = run_loggers(*given, self.run_dir, name, ckpt is not None, options, str(self.config_file))
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         defaults = self._default_callbacks(
@@ -266,7 +270,8 @@ class ZooCLI(LightningCLI):
         if logger:
             cbs.append(TrainingCurves())
         options = self.config_init[self.subcommand].get("wandb") or WandbOptions()
-        if type(logger).__name__ == "WandbLogger" and options.media:
+        loggers = logger if isinstance(logger, list) else [logger]
+        if options.media and any(type(lg).__name__ == "WandbLogger" for lg in loggers):
             cbs += media_callbacks(self.model, options.media_every_n_epochs, options.media_samples)
         return cbs
 
@@ -291,7 +296,7 @@ class ZooCLI(LightningCLI):
                 if mode == "offline":
                     lines.append(f"  upload it later with: wandb sync {logger.experiment.dir.rsplit('/files', 1)[0]}")
             elif logger.log_dir:
-                lines.append(f"logs: {logger.log_dir}")
+                lines.append(f"logs: {os.path.normpath(logger.log_dir)}")
         print("\n".join(lines))
 
 
