@@ -8,6 +8,7 @@ import inspect
 import itertools
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -113,7 +114,23 @@ class ResumableLoader(DataLoader):
 
 
 class SplitLoaders(L.LightningDataModule):
-    """``train_dataloader`` ... ``predict_dataloader`` from one ``_loader(split, train)`` (predict reads test)."""
+    """``train_dataloader`` ... ``predict_dataloader`` from one ``_loader(split, train)`` (predict reads test); and
+    ``data_files()`` (``datamodules.contract.DataFiles``), the files that ``_read_from`` recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._data_files: dict[Path, None] = {}  # an ordered set: a file read again (setup per stage) counts once
+
+    def data_files(self) -> list[Path]:
+        """The files ``setup`` read, absolute, in reading order; ``[]`` before ``setup`` and for generated data."""
+        return list(self._data_files)
+
+    def _read_from(self, *paths: Path) -> None:
+        """Record ``paths`` as read. Each DataModule calls it where it opens its files, so the list is what was read
+        and not a second derivation of the paths that could drift from it. ``absolute``, not ``resolve``: a pipe
+        (``/dev/fd/63``) keeps its name and a symlinked data folder the name the user gave."""
+        for p in paths:
+            self._data_files[Path(p).absolute()] = None
 
     @classmethod
     def describe_splits(cls, args: Mapping[str, Any]) -> dict[str, str]:

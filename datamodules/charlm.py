@@ -131,6 +131,7 @@ class CharLMDataModule(SplitLoaders):
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise DatasetError(f"{path} is not UTF-8 text ({e}); convert it (iconv -t utf-8)") from e
+        self._read_from(path)
         tokens = get_tokenizer(h.tokenizer)(text)
         if len(tokens) < 100:
             raise DatasetError(f"{path} holds {len(tokens)} tokens: too little text for a language model")

@@ -136,20 +136,21 @@ class _DownloadProgress:
         return f"downloading {self.name}: {shown}{100 * frac:3.0f}% of {self.total / 1e6:.1f} MB ({mb} MB)"
 
 
-def _read_members(path: Path) -> dict[str, bytes]:
+def _read_members(path: Path) -> tuple[dict[str, bytes], list[Path]]:
+    """The batches by name, and the files they were read from (the archive, or the folder's seven files)."""
     names = [*TRAIN_BATCHES, "test_batch", "batches.meta"]
     if path.is_dir():
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
             raise DatasetError(f"{path} lacks {', '.join(missing)}; it should hold the six CIFAR-10 python batches")
-        return {n: (path / n).read_bytes() for n in names}
+        return {n: (path / n).read_bytes() for n in names}, [path / n for n in names]
     try:
         with tarfile.open(path, "r:gz") as tar:
             files = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
             missing = [n for n in names if n not in files]
             if missing:
                 raise DatasetError(f"{path} lacks {', '.join(missing)}; it is not a CIFAR-10 python archive")
-            return {n: tar.extractfile(files[n]).read() for n in names}
+            return {n: tar.extractfile(files[n]).read() for n in names}, [path]
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DatasetError(
             f"{path} is corrupt or truncated ({type(e).__name__}: {e}). Delete it and run again to download a fresh "
@@ -217,13 +218,14 @@ def _unpickle(raw: bytes, name: str, source: Path) -> dict:
 
 
 def load_cifar10(path: Path, num_images: tuple[int, int] = (50_000, 10_000)) -> dict:
-    """Read and validate the python-batch format; returns uint8 images (N, 3, 32, 32), int64 labels, classes."""
-    members = _read_members(path)
+    """Read and validate the python-batch format; returns uint8 images (N, 3, 32, 32), int64 labels, classes, and
+    ``files``: the archive or the batch files read."""
+    members, files = _read_members(path)
     meta = _unpickle(members["batches.meta"], "batches.meta", path)
     classes = list(meta.get("label_names", []))
     if len(classes) != 10:
         raise DatasetError(f"batches.meta in {path} lists {len(classes)} classes, CIFAR-10 has 10")
-    out = {"classes": classes}
+    out = {"classes": classes, "files": files}
     for split, batches, expected in (("train", TRAIN_BATCHES, num_images[0]), ("test", ["test_batch"], num_images[1])):
         xs, ys = [], []
         for name in batches:
@@ -339,6 +341,7 @@ class CIFAR10DataModule(SplitDataModule):
                 "(prepare_data downloads it when the network is reachable)"
             )
         data = load_cifar10(path, tuple(self.hparams.num_images))
+        self._read_from(*data["files"])
         self.classes = data["classes"]
         return data
 

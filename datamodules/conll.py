@@ -273,6 +273,7 @@ class CoNLLDataModule(TaggingDataModule):
                 looked = ", ".join(f.name for f in files[:6])
                 raise DatasetError(f"{folder} has no {split} file (looked for {looked}, ...)")
             sentences = read_columns(found, h.word_column, h.tag_column)
+            self._read_from(found)
             src, dst = h.source_scheme.upper(), h.scheme.upper()
             if src != dst:
                 sentences = [(ws, convert_scheme(ts, src, dst)) for ws, ts in sentences]
@@ -316,4 +317,5 @@ class CoNLLUDataModule(TaggingDataModule):
             if not found:
                 raise DatasetError(f"{folder} has no *-ud-{name}.conllu; give --data.path, a UD treebank folder")
             out[split] = read_conllu(found[0], h.target)
+            self._read_from(found[0])
         return out

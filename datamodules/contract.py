@@ -7,7 +7,8 @@ at hand. So what the two sides must agree on lives here, and both import it:
 - the special tokens and their ids;
 - the tokenisers, the functions themselves (a model encodes raw text with the one its data was read with);
 - the number of characters of a word the taggers read by default;
-- how an image file or a PIL image becomes pixels (a model reads a file as its DataModule read its files).
+- how an image file or a PIL image becomes pixels (a model reads a file as its DataModule read its files);
+- which files ``setup`` read (:class:`DataFiles`), the one thing of a DataModule the run metadata reads.
 
 It is a leaf: nothing of ``zoo``, of Lightning or of the other ``datamodules`` modules is imported here (an
 import-linter contract in pyproject.toml), so a task that imports it pulls in no data code.
@@ -56,6 +57,7 @@ __all__ = [
     "Tokenised",
     "Vocabulary",
     "Licensed",
+    "DataFiles",
     "ImageData",
     "TextClassificationData",
     "LanguageModelData",
@@ -182,6 +184,16 @@ class Licensed(Protocol):
     """The terms of the default dataset, a class attribute (``zoo info`` shows it)."""
 
     licence: str
+
+
+@runtime_checkable
+class DataFiles(Protocol):
+    """``data_files()``: the files ``setup`` read (absolute paths, each once, in reading order; ``[]`` before
+    ``setup``), as the DataModule recorded them where it opened them. A run logs their sha256
+    (``zoo.callbacks.run_metadata``), so runs can be grouped by the exact data they read and a changed file shows.
+    ``[]`` after ``setup``: data generated from no file, identified by its settings (``datamodules.synthetic``)."""
+
+    def data_files(self) -> list[Path]: ...
 
 
 class ImageData(Labelled, Preprocessed, Configured, Protocol):

@@ -343,6 +343,7 @@ class ImageFolderDataModule(SplitDataModule):
                     f"not in {s}: {', '.join(classes[y] for y in sorted(ys))}" for s, ys in lacking.items() if ys
                 )
             )
+        self._read_from(*(p for split in splits.values() for p, _ in split))  # what the loaders decode
         self._classes, self._splits = classes, splits
         return splits
 

@@ -79,6 +79,7 @@ class NamesDataModule(TextClassificationDataModule):
                 lines = f.read_text(encoding="utf-8").splitlines()
             except UnicodeDecodeError as e:
                 raise DatasetError(f"{f} is not UTF-8 text ({e})") from e
+            self._read_from(f)
             names = [n.strip() for n in lines if n.strip()]
             unique = list(dict.fromkeys(names))
             repeated += len(names) - len(unique)

@@ -12,7 +12,8 @@ symbols from an alphabet of ``alphabet`` tokens, then ``length`` blanks with a d
 positions count (target -100 elsewhere); guessing gives an accuracy of 1 / ``alphabet``.
 
 Examples are generated from a seed (train, val and test from different seeds), so runs are reproducible and the
-splits never share an example.
+splits never share an example. No file is read (``data_files()`` is ``[]``): the settings (``seed``, sizes, task
+arguments), logged with the run's config, are the data's identity.
 """
 
 from __future__ import annotations

@@ -131,6 +131,7 @@ class TextClassificationDataModule(SplitLoaders):
             raise DatasetError(f"{path} is not UTF-8 text ({e}); convert it (iconv -t utf-8)") from e
         if not rows:
             raise DatasetError(f"{path} holds no rows under its header")
+        self._read_from(path)
         return rows
 
     # -- setup ------------------------------------------------------------------------------------------------

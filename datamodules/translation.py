@@ -260,15 +260,20 @@ class TranslationDataModule(SplitLoaders):
             pair.append(found[0])
         return pair[0], pair[1]
 
-    @staticmethod
-    def _aligned(src: Path, tgt: Path | None) -> list[tuple[str, str]]:
+    def _lines(self, path: Path) -> list[str]:
+        """``read_lines``, recorded as read (``data_files``)."""
+        lines = read_lines(path)
+        self._read_from(path)
+        return lines
+
+    def _aligned(self, src: Path, tgt: Path | None) -> list[tuple[str, str]]:
         """Line ``i`` of ``src`` with line ``i`` of ``tgt`` (of ``src`` itself when None: each file is read once,
         since a pipe cannot be read twice)."""
         for p in (src, tgt):
             if p is not None:
                 _check_readable(p)
-        a = read_lines(src)
-        b = a if tgt is None else read_lines(tgt)
+        a = self._lines(src)
+        b = a if tgt is None else self._lines(tgt)
         if len(a) != len(b):
             raise DatasetError(
                 f"{src} has {len(a)} lines but {tgt} has {len(b)}: a parallel corpus needs one target line per "
@@ -276,10 +281,9 @@ class TranslationDataModule(SplitLoaders):
             )
         return list(zip(a, b))
 
-    @staticmethod
-    def _read_tsv(path: Path, source_column: int = 0, target_column: int = 1) -> list[tuple[str, str]]:
+    def _read_tsv(self, path: Path, source_column: int = 0, target_column: int = 1) -> list[tuple[str, str]]:
         pairs = []
-        for number, line in enumerate(read_lines(path), start=1):
+        for number, line in enumerate(self._lines(path), start=1):
             if not line.strip():
                 continue
             cols = line.split("\t")
