@@ -17,6 +17,7 @@ from zoo._registry import (
 )
 from zoo.checkpoint import CheckpointError, load_checkpoint
 from zoo.weights import PretrainedError, Weights, resolve, weights_for, weights_names
+from zoo.weights.wandb_artifacts import artifact_checkpoint, is_artifact
 
 __all__ = [
     "list_models",
@@ -90,6 +91,16 @@ def load_pretrained(name: str | Weights, **kwargs) -> L.LightningModule:
     """Published weights ``model.tag`` (see ``list_pretrained()``) as a LightningModule in eval mode.
 
     The sha256 is checked before loading; ``num_classes=`` other than the weights' resets the classifier.
+    ``"wandb:ENTITY/PROJECT/NAME:ALIAS"`` is a checkpoint that ``train.py --wandb.log_model`` logged to W&B
+    (``model-<run id>:best`` or ``:latest``), found staged, cached or downloaded (``zoo.weights.wandb_artifacts``),
+    checked against its digests and loaded as :func:`load_checkpoint` loads a ``.ckpt``.
     """
+    if is_artifact(name):
+        if kwargs:
+            raise TypeError(
+                f"load_pretrained({name!r}) rebuilds the checkpoint exactly as it was trained and takes no model "
+                f"arguments (got {', '.join(kwargs)}); to change them, fine-tune it with train.py"
+            )
+        return load_checkpoint(artifact_checkpoint(name))
     weights = resolve(name)
     return create_model(weights.model, **{**kwargs, "pretrained": weights}).eval()

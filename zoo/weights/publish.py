@@ -31,8 +31,12 @@ def publish(
     out_dir: Path | None = None,
     fp16_tolerance: float | None = FP16_TOLERANCE,
     other_seeds: tuple[str | Path, ...] = (),
+    source: str | None = None,
 ) -> Weights:
     """Write ``<arch>.<tag>.safetensors`` and its manifest entry; returns the entry.
+
+    ``source``: what the user named instead of ``ckpt_path`` (a ``wandb:`` artifact, whose local copy ``ckpt_path``
+    is), recorded in the entry's checkpoint and command.
 
     ``other_seeds``: checkpoints of the same recipe trained with other seeds. Their test headline metric is
     measured too and the entry records every value with their mean and standard deviation (the published weights
@@ -116,10 +120,11 @@ def publish(
                 "epoch": ckpt.get("epoch"),
                 "step": ckpt.get("global_step"),
                 "selected_on": f"{cls.monitor[0]} ({cls.monitor[1]})" if Path(ckpt_path).stem == "best" else "final",
+                **({"source": source} if source else {}),
             },
             "seeds": 1 + len(other_seeds),
             **({"over_seeds": over_seeds} if over_seeds else {}),
-            "command": f"zoo publish {ckpt_path} --tag {tag} --recipe {recipe}"
+            "command": f"zoo publish {source or ckpt_path} --tag {tag} --recipe {recipe}"
             + (" --other-seeds " + " ".join(map(str, other_seeds)) if other_seeds else ""),
             "eval_seconds": round(eval_s, 1),
         },

@@ -127,7 +127,7 @@ def _staged_hint(ref: ArtifactRef, roots: list[Path]) -> str:
     return (
         f"(looked in {' and '.join(map(str, roots))}{have}). Where there is network, run "
         f"`wandb artifact get {ref.path} --root <folder>/{ref.entity}/{ref.project}/{ref.name}/{ref.alias}` and set "
-        f"{STAGED_ENV}=<folder> here, or unset WANDB_MODE to download it"
+        f"{STAGED_ENV}=<folder> here" + (", or unset WANDB_MODE to download it" if _offline() else "")
     )
 
 
@@ -145,7 +145,7 @@ def _download(ref: ArtifactRef, dest: Path) -> Path:
     try:
         api = wandb.Api()
     except Exception as e:  # noqa: BLE001 (no API key: wandb.errors.UsageError; a broken config ...)
-        raise _Unreachable(f"W&B cannot be asked ({type(e).__name__}: {_first_line(e)}; run `wandb login`)") from e
+        raise _Unreachable(f"W&B cannot be asked ({type(e).__name__}: {_first_line(e)})") from e
     try:
         artifact = api.artifact(ref.path, type="model")
     except Exception as e:  # noqa: BLE001 (CommError for an unknown name or alias, network errors)
