@@ -47,6 +47,8 @@ class WandbRun:
         self.summary: dict = {}
         self.files: list[str] = []
         self.run: dict = {}
+        # client id -> name, type, files {path inside it: local file}, aliases, metadata, digests {path: md5}, digest
+        self.artifacts: dict[str, dict] = {}
         for payload in _payloads(path.read_bytes()):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(payload)
@@ -71,8 +73,38 @@ class WandbRun:
                     self.summary[_key(item)] = json.loads(item.value_json)
             elif kind == "files":
                 self.files += [f.path for f in record.files.files]
+            elif kind == "artifact":
+                a = record.artifact
+                files = {c.path: c.local_path for c in a.manifest.contents}
+                self.artifacts[a.client_id] = {"name": a.name, "type": a.type, "files": files}
+                self.artifacts[a.client_id] |= {  # in the order logged
+                    "aliases": list(a.aliases),
+                    "metadata": json.loads(a.metadata or "{}"),
+                    "digests": {c.path: c.digest for c in a.manifest.contents},  # base64 md5, as W&B checks them
+                    "digest": a.digest,
+                }
         unwrap = {k: v["value"] for k, v in self.config.items() if isinstance(v, dict) and "value" in v}
         self.config |= unwrap
 
     def curve(self, key: str) -> list:
         return [row[key] for row in self.history if key in row]
+
+    def media(self, key: str) -> list[dict]:
+        """Every logged value of the media ``key`` (e.g. ``media/gradcam``), its fields as W&B wrote them."""
+        prefix = key + "/"
+        rows = [{k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)} for row in self.history]
+        return [r for r in rows if r]
+
+    def table(self, key: str, index: int = -1) -> dict:
+        """The ``index``-th logged ``wandb.Table`` of ``key`` (``columns``, ``data``) with its media cells resolved
+        (each image cell gains ``local_path``): the run's own file spells them as their type name only, so the table
+        is read from the run-table artifact W&B staged for it (named by the client id in its ``artifact_path``)."""
+        logged = self.media(key)[index]
+        client_id = logged["artifact_path"].removeprefix("wandb-client-artifact://").split("/", 1)[0]
+        files = self.artifacts[client_id]["files"]
+        table = json.loads(Path(next(p for k, p in files.items() if k.endswith(".table.json"))).read_text())
+        for row in table["data"]:
+            for cell in row:
+                if isinstance(cell, dict) and cell.get("path") in files:
+                    cell["local_path"] = files[cell["path"]]
+        return table

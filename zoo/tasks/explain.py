@@ -85,7 +85,8 @@ def gradcam(
             layer = layer or target_layer(work, inputs)
             with torch.no_grad():
                 probs = work(inputs).float().softmax(-1)  # (B, num_classes)
-            target = probs.argmax(-1) if target is None else target.to(inputs.device)
+            # a target made in inference mode cannot enter autograd (captum gathers the scores with it): a clone can
+            target = probs.argmax(-1) if target is None else target.to(inputs.device).clone()
             inputs.requires_grad_(True)  # a frozen backbone still gets a graph down to the layer
             cam = LayerGradCam(work, work.get_submodule(layer)).attribute(inputs, target=target, relu_attributions=True)
         finally:
