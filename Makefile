@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/loader_throughput.py
 	$(BIN)/python benchmarks/crf.py
 	$(BIN)/python benchmarks/seq2seq_decoding.py
+	$(BIN)/python benchmarks/wandb_overhead.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
