@@ -4,7 +4,7 @@
   predicted class, the confidence and whether it is right;
 - ``media/confusion_matrix`` and ``media/per_class_accuracy``: over the whole validation split, from the
   predictions the task's own validation forward made (captured by a forward hook: no second pass), summed across
-  ranks under DDP;
+  ranks under DDP (the matrix for up to ``MAX_MATRIX_CLASSES`` classes);
 - ``media/gradcam``: each of those images beside its Grad-CAM for the predicted class (captum; without it this
   picture alone is skipped, with one warning).
 """
@@ -22,6 +22,8 @@ from zoo.callbacks._util import wandb_run
 from zoo.callbacks.media._base import ValidationMedia
 
 __all__ = ["ImageMedia", "callbacks"]
+
+MAX_MATRIX_CLASSES = 100  # a confusion matrix is a table of C^2 cells; a W&B table holds 10,000 rows (Table.MAX_ROWS)
 
 
 class ImageMedia(ValidationMedia):
@@ -129,9 +131,11 @@ class ImageMedia(ValidationMedia):
         # wandb.plot takes one (true, predicted) pair per example: the counts are spelled out again (cheap: argmax ids)
         true, pred = np.divmod(np.repeat(np.arange(counts.size), counts.ravel()), counts.shape[0])
         where = f"validation, epoch {epoch}, {n} images" + (f", {world_size} ranks" if world_size > 1 else "")
-        matrix = wandb.plot.confusion_matrix(
-            y_true=true.tolist(), preds=pred.tolist(), class_names=names, title=f"confusion matrix ({where})"
-        )
+        logged: dict[str, Any] = {}
+        if len(names) <= MAX_MATRIX_CLASSES:  # beyond, per-class accuracy only (ImageNet's 1,000 classes: 1e6 cells)
+            logged["confusion_matrix"] = wandb.plot.confusion_matrix(
+                y_true=true.tolist(), preds=pred.tolist(), class_names=names, title=f"confusion matrix ({where})"
+            )
         per_class = counts.sum(1)
         rows = [[names[c], float(counts[c, c] / per_class[c])] for c in range(len(names)) if per_class[c]]
         bar = wandb.plot.bar(
@@ -140,7 +144,7 @@ class ImageMedia(ValidationMedia):
             "accuracy",
             title=f"per-class accuracy ({where}; classes without images left out)",
         )
-        return {"confusion_matrix": matrix, "per_class_accuracy": bar}
+        return logged | {"per_class_accuracy": bar}
 
 
 def callbacks(model: L.LightningModule, every_n_epochs: int, samples: int) -> list[L.Callback]:
