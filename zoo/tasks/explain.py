@@ -91,7 +91,7 @@ def gradcam(
             cam = LayerGradCam(work, work.get_submodule(layer)).attribute(inputs, target=target, relu_attributions=True)
         finally:
             work.train(was_training)
-    cam = cam.detach().float().sum(1, keepdim=True)  # (B, 1, h, w); a layer with several outputs is summed
+    cam = cam.detach().float()  # (B, 1, h, w): captum sums the gradient-weighted maps over channels
     heat = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]  # (B, H, W)
     heat = heat.clamp_min(0)
     peak = heat.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
