@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import lenet_args, run_train
+from PIL import Image
 from safetensors.torch import load_file
 from wandb_records import WandbRun
 
@@ -107,6 +108,10 @@ def test_a_staged_artifact_loads_and_publishes_as_its_checkpoint(logged, tmp_pat
         assert not model.training and model.hparams.arch == "lenet5"
         for key, value in model.state_dict().items():
             assert torch.equal(value, saved[key]), key
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    assert main(["predict", refs["best"], str(tmp_path / "red.png"), "--top-k", "2", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert len(row["output"]) == 2 and row["output"][0][0] in model.hparams.classes
     monkeypatch.setenv("ZOO_CHECKPOINTS", str(tmp_path / "published"))
     args = ["--tag", "fixture", "--recipe", "configs/lenet5.cifar10.yaml", "--data-dir", str(cifar_dir), "--float32"]
     assert main(["publish", refs["best"], *args]) == 0, capsys.readouterr().err
