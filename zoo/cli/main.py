@@ -24,6 +24,7 @@ from zoo.weights import PretrainedError, checkpoint_dir, find_weights, local_pla
 from zoo.weights.manifest import MANIFEST
 from zoo.weights.measure import build_datamodule, evaluate
 from zoo.weights.publish import FP16_TOLERANCE, publish
+from zoo.weights.wandb_artifacts import artifact_checkpoint, is_artifact
 
 __all__ = ["main", "EVALUATE_TOLERANCE"]
 
@@ -91,6 +92,8 @@ def _model_for(name: str) -> tuple[str, Callable[[], object]]:
     """What ``name`` means: published weights ``model.tag``, a model with one set, or a train.py ``.ckpt``. Returns
     the registered model it is and a function that loads it, so that its inputs can be checked before the weights
     are hashed, downloaded or built."""
+    if is_artifact(name):  # wandb:ENTITY/PROJECT/NAME:ALIAS: a checkpoint that train.py logged to W&B
+        name = str(artifact_checkpoint(name))
     if _is_checkpoint(name):
         ckpt = read_checkpoint(name)
         return ckpt["hyper_parameters"]["arch"], lambda: model_from_checkpoint(ckpt, name).eval()
@@ -129,7 +132,10 @@ def _predict(args: argparse.Namespace) -> int:
     import inspect
 
     arch, load = _model_for(args.name)
-    if arch in zoo.list_models() and zoo.model_info(arch).kind == "image":  # else load() says the arch is unknown
+    image = arch in zoo.list_models() and zoo.model_info(arch).kind == "image"
+    if args.explain and not image:
+        raise ValueError(f"--explain (Grad-CAM) is for image models; {args.name} is not one")
+    if image:  # else load() says the arch is unknown
         _check_images(args.inputs)
     model = load()
     options = {"top_k": args.top_k, "beam": args.beam, "length": args.length, "temperature": args.temperature}
@@ -137,13 +143,23 @@ def _predict(args: argparse.Namespace) -> int:
     _check_tta(model, args.tta, args.name)
     accepted = inspect.signature(model.predict).parameters
     results = model.predict(list(args.inputs), **{k: v for k, v in options.items() if k in accepted and v is not None})
+    explained = []
+    if args.explain:
+        from zoo.tasks.explain import explain_images
+
+        explained = [str(path) for path, *_ in explain_images(model, args.inputs, args.out)]
     if args.json:
-        print(json.dumps([{"input": i, "output": r} for i, r in zip(args.inputs, results)], ensure_ascii=False))
+        rows = [{"input": i, "output": r} for i, r in zip(args.inputs, results)]
+        for row, path in zip(rows, explained):
+            row["explanation"] = path
+        print(json.dumps(rows, ensure_ascii=False))
         return 0
     table = Table("input", "output")
     for given, result in zip(args.inputs, results):
         table.add_row(given, render_result(result))
     Console().print(table)
+    for path in explained:
+        print(f"Grad-CAM: {path}")
     return 0
 
 
@@ -231,13 +247,15 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace) -> int:
     tolerance = None if args.float32 else args.fp16_tolerance
+    wandb = is_artifact(args.checkpoint)  # its local copy, found or downloaded and verified
     entry = publish(
-        args.checkpoint,
+        artifact_checkpoint(args.checkpoint) if wandb else args.checkpoint,
         args.tag,
         args.recipe,
         data_dir=args.data_dir,
         fp16_tolerance=tolerance,
         other_seeds=tuple(args.other_seeds),
+        source=args.checkpoint if wandb else None,
     )
     m = entry.metrics
     print(f"published {entry.name}: {entry.file} ({entry.dtype}) sha256 {entry.sha256[:12]}…")
@@ -286,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="sampling seed (language models)")
     p.add_argument("--tta", choices=["flip"], default=None, help="test-time augmentation (images; off by default)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    explain = "images: write a PNG per input, the image beside the Grad-CAM of its predicted class (needs captum)"
+    p.add_argument("--explain", action="store_true", help=explain)
+    p.add_argument("--out", default=".", help="folder of the --explain PNGs (default: the current one)")
     p.set_defaults(fn=_predict)
     p = sub.add_parser("evaluate", parents=[common], help="re-measure published weights' test metric on the real data")
     p.add_argument("name", help="published weights, e.g. resnet20.cifar10 (or a model with one set)")
@@ -297,7 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "publish", parents=[common], help="turn a train.py checkpoint into published weights (measures the test metric)"
     )
-    p.add_argument("checkpoint", help="a .ckpt written by train.py (e.g. runs/<name>/version_0/checkpoints/best.ckpt)")
+    p.add_argument(
+        "checkpoint",
+        help="a .ckpt written by train.py (e.g. runs/<name>/version_0/checkpoints/best.ckpt), or one it logged to W&B "
+        "with --wandb.log_model: wandb:ENTITY/PROJECT/model-<run id>:best",
+    )
     p.add_argument("--tag", required=True, help="weights are named <model>.<tag>, e.g. cifar10")
     p.add_argument("--recipe", required=True, help="the config that trained it, e.g. configs/resnet20.cifar10.yaml")
     p.add_argument("--data-dir", default=None, help="dataset root (default: the one recorded, or $ZOO_DATA_DIR)")
@@ -321,6 +346,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("path", nargs="?", default="README.md")
     p.set_defaults(fn=_readme)
+    p = sub.add_parser(
+        "sweep", add_help=False, prefix_chars="+", help="run a W&B sweep file here, no server: zoo sweep --help"
+    )  # no options of its own ("+"): everything after "sweep", --help included, is zoo.cli.sweep's to parse
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+
+    def _sweep(args: argparse.Namespace) -> int:
+        from zoo.cli.sweep import main as sweep
+
+        return sweep(args.argv)
+
+    p.set_defaults(fn=_sweep)
     args = parser.parse_args(argv)
     if args.debug or os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
         return args.fn(args)  # any error propagates, with its traceback
