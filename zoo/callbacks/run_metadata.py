@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import stat
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,26 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _hash_regular(path: str) -> tuple[str, int] | None:
+    """``(sha256, size)`` of a regular file; ``None`` for anything else, unopened (a pipe would block, or hand back
+    nothing: it was read once already) or gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (file_sha256(path), st.st_size) if stat.S_ISREG(st.st_mode) else None
+
+
+def _hash_all(paths: list[str]) -> list[tuple[str, int] | None]:
+    """``_hash_regular`` of each path, on threads (hashlib releases the GIL on large updates, so a folder of many
+    files hashes on several cores), handed out in slices: a future per file costs more than hashing a small one."""
+    workers = min(8, os.cpu_count() or 1)
+    step = max(1, -(-len(paths) // (4 * workers)))
+    slices = [paths[i : i + step] for i in range(0, len(paths), step)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [r for done in pool.map(lambda part: [_hash_regular(p) for p in part], slices) for r in done]
+
+
 def data_digest(files: Sequence[str | Path]) -> dict[str, Any]:
     """What identifies the data in ``files`` (a DataModule's ``data_files()``), hashed now, from disk (nothing kept
     between runs that could go stale): ``sha256``, ``count``, ``bytes``, ``root`` (their common folder) and, for up to
@@ -63,22 +84,21 @@ def data_digest(files: Sequence[str | Path]) -> dict[str, Any]:
     beside the data does not. No files (generated data): ``sha256`` is ``None``, the settings are the identity. A
     path that is not a regular file (a pipe, read once and gone, or a file deleted since) cannot be hashed again:
     ``sha256`` is ``None`` and ``not_hashed`` names them."""
-    paths = [Path(f).absolute() for f in dict.fromkeys(files)]
+    paths = [os.path.abspath(f) for f in dict.fromkeys(os.fspath(f) for f in files)]
     if not paths:
         return {"sha256": None, "count": 0, "files": {}}
-    root = Path(os.path.commonpath([p.parent for p in paths]))
-    names = [p.relative_to(root).as_posix() for p in paths]
-    out: dict[str, Any] = {"sha256": None, "count": len(paths), "root": str(root)}
-    gone = [n for n, p in zip(names, paths) if not p.is_file()]
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    cut = len(os.path.join(root, ""))  # the paths under root, by slicing: relative_to costs more than a hash here
+    names = [p[cut:].replace(os.sep, "/") for p in paths]
+    out: dict[str, Any] = {"sha256": None, "count": len(paths), "root": root}
+    hashed = _hash_all(paths)
+    gone = [n for n, h in zip(names, hashed) if h is None]
     if gone:
         return {**out, "not_hashed": gone[:LONG]}
-    # threads: hashlib releases the GIL on large updates, so a folder of many files hashes on several cores
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(file_sha256, paths))
-    listing = sorted(zip(names, digests))
+    listing = sorted((n, h[0]) for n, h in zip(names, hashed))
     combined = "".join(f"{d}  {n}\n" for n, d in listing)
-    out["sha256"] = digests[0] if len(paths) == 1 else hashlib.sha256(combined.encode()).hexdigest()
-    out["bytes"] = sum(p.stat().st_size for p in paths)
+    out["sha256"] = listing[0][1] if len(paths) == 1 else hashlib.sha256(combined.encode()).hexdigest()
+    out["bytes"] = sum(h[1] for h in hashed)
     if len(paths) <= LONG:
         out["files"] = dict(listing)
     return out
