@@ -4,10 +4,12 @@
 
 import hashlib
 import os
+import pickle
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import (
     N_TEST,
@@ -243,6 +245,31 @@ def test_a_validate_run_logs_the_digest_and_only_rank_zero_hashes(tmp_path, cifa
     monkeypatch.setattr(run_metadata.rank_zero_only, "rank", 1)
     lenet_validate(tmp_path / "rank1", cifar_dir)
     assert hashed == [], "a rank other than 0 read the data files again"
+
+
+def test_a_run_resumed_on_changed_data_says_so(tmp_path):
+    folder = write_cifar(tmp_path, as_archive=False)
+    dm = lambda: CIFAR10DataModule(  # noqa: E731
+        data_dir=str(tmp_path), num_images=[N_TRAIN, N_TEST], val_size=40, num_workers=0
+    )
+    model, ckpt = zoo.create_model("lenet5"), tmp_path / "last.ckpt"
+
+    def fit(epochs: int, ckpt_path=None) -> dict:
+        logger = CSVLogger(tmp_path, name="csv", version=epochs)
+        kw = dict(max_epochs=epochs, limit_train_batches=1, limit_val_batches=1, logger=logger)
+        trainer = quiet_trainer(tmp_path, callbacks=[RunMetadata()], **kw)
+        trainer.fit(model, dm(), ckpt_path=ckpt_path)
+        trainer.save_checkpoint(ckpt)
+        return yaml.safe_load((tmp_path / "csv" / f"version_{epochs}" / "hparams.yaml").read_text())["run"]["data"]
+
+    before = fit(1)
+    assert torch.load(ckpt, weights_only=True)["callbacks"]["RunMetadata"] == {"data_sha256": before["sha256"]}
+    meta = pickle.loads((folder / "batches.meta").read_bytes())
+    (folder / "batches.meta").write_bytes(pickle.dumps({**meta, "note": "re-packed"}, protocol=2))  # same images
+    with pytest.warns(UserWarning, match="differ from those the checkpoint was trained on"):
+        after = fit(2, ckpt_path=ckpt)
+    assert after["checkpoint_sha256"] == before["sha256"] != after["sha256"]
+    assert torch.load(ckpt, weights_only=True)["callbacks"]["RunMetadata"] == {"data_sha256": after["sha256"]}
 
 
 def test_a_train_run_holds_the_sha256_of_its_data_in_wandb(cifar_dir, tmp_path):

@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.data import AttributeDict
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from datamodules.contract import DataFiles
 from zoo.callbacks._util import wandb_run
@@ -134,12 +134,17 @@ def _flops_per_sample(net: torch.nn.Module, batch) -> float | None:
 
 
 class RunMetadata(L.Callback):
-    """``config``: the resolved ``train.py`` config (nested dict); ``config_file``: saved with the W&B run."""
+    """``config``: the resolved ``train.py`` config (nested dict); ``config_file``: saved with the W&B run.
+
+    Checkpoints keep the sha256 of the data (``state_dict``): a run resumed on other data than it was trained on
+    says so (a warning, and ``run.data.checkpoint_sha256`` beside the new ``sha256``), since the W&B config of a
+    resumed run is overwritten with the new digest."""
 
     def __init__(self, config: dict | None = None, config_file: str | Path | None = None) -> None:
         self.config, self.config_file = config or {}, config_file
         self._flops_done = False
         self._run: dict[str, Any] = {}
+        self._checkpoint_sha256: str | None = None  # of the data the checkpoint resumed from was trained on
 
     def _meta(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         import zoo
@@ -171,6 +176,7 @@ class RunMetadata(L.Callback):
             data = _data_identity(trainer.datamodule)
             if data is not None:
                 self._run["data"] = data
+                self._compare_with_checkpoint(data)
         for logger in trainer.loggers:
             logger.log_hyperparams({"cli": loggable(self.config), "run": self._run})
         run = wandb_run(trainer)
@@ -179,6 +185,22 @@ class RunMetadata(L.Callback):
             run.define_metric(metric, summary=mode)
             if self.config_file and Path(self.config_file).is_file():
                 run.save(str(self.config_file), base_path=str(Path(self.config_file).parent), policy="now")
+
+    def _compare_with_checkpoint(self, data: dict[str, Any]) -> None:
+        before, now = self._checkpoint_sha256, data["sha256"]
+        if before is not None and now is not None and before != now:
+            data["checkpoint_sha256"] = before
+            rank_zero_warn(
+                f"the data files differ from those the checkpoint was trained on (sha256 {before[:12]}... then, "
+                f"{now[:12]}... now, under {data['root']}): the resumed run goes on with other data"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        hashed = "data" in self._run  # rank 0; another rank passes on what it was given
+        return {"data_sha256": self._run["data"]["sha256"] if hashed else self._checkpoint_sha256}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._checkpoint_sha256 = state_dict.get("data_sha256")  # Lightning restores callbacks before on_fit_start
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start(trainer, pl_module)
