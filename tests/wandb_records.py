@@ -47,6 +47,7 @@ class WandbRun:
         self.summary: dict = {}
         self.files: list[str] = []
         self.run: dict = {}
+        self.exited = False  # the run's last record is there
         # client id -> name, type, files {path inside it: local file}, aliases, metadata, digests {path: md5}, digest
         self.artifacts: dict[str, dict] = {}
         for payload in _payloads(path.read_bytes()):
@@ -73,6 +74,8 @@ class WandbRun:
                     self.summary[_key(item)] = json.loads(item.value_json)
             elif kind == "files":
                 self.files += [f.path for f in record.files.files]
+            elif kind == "exit":
+                self.exited = True
             elif kind == "artifact":
                 a = record.artifact
                 files = {c.path: c.local_path for c in a.manifest.contents}
@@ -108,3 +111,21 @@ class WandbRun:
                 if isinstance(cell, dict) and cell.get("path") in files:
                     cell["local_path"] = files[cell["path"]]
         return table
+
+
+def finished_run(run_folder: Path, timeout: float = 30.0) -> WandbRun:
+    """The run of ``run_folder`` once its exit record is written: in-process, ``finish()`` returns before W&B's
+    service has written the records out."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            run = WandbRun(run_folder)
+        except Exception:  # a record half written
+            run = None
+        if (run is not None and run.exited) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert run is not None and run.exited, f"no exit record in {run_folder} after {timeout} s"
+    return run

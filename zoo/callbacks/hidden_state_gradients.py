@@ -14,8 +14,13 @@ class HiddenStateGradients(L.Callback):
     the task's ``hidden_state_gradients`` (recurrent tasks). A plain RNN's curve falls by orders of magnitude from
     the last step back to the first; an LSTM's or GRU's stays flatter (Bengio et al. 1994; Pascanu et al. 2013).
 
-    Logged: ``hgrad_first`` (t = 0), ``hgrad_last`` and their ratio ``hgrad_ratio``; with a W&B logger also the
-    whole curve as a line plot. ``history`` keeps ``(step, [norm per t])``.
+    Logged at its own steps only, at the run's global step: ``hgrad_first`` (t = 0), ``hgrad_last`` and their
+    ratio ``hgrad_ratio``. They go straight to the loggers, since a value logged with ``LightningModule.log`` in a
+    batch hook stays in Lightning's results and is written again at every later logging step until the next
+    measurement; they are also put in ``trainer.callback_metrics`` (as a logged value would be), for a callback that
+    monitors them. ``history`` keeps ``(step, [norm per t])``; with W&B media on (train.py's default) the recurrent
+    family's media (``zoo.callbacks.media.sequence``) draws it at validation end, one line per measured step on a
+    log axis: the one place the curve is drawn.
 
     Use: ``train.py fit ... --trainer.callbacks+=HiddenStateGradients --trainer.callbacks.every_n_steps 100``.
     """
@@ -30,14 +35,12 @@ class HiddenStateGradients(L.Callback):
         step = trainer.global_step
         if step % self.every_n_steps or not hasattr(pl_module, "hidden_state_gradients"):
             return
+        if self.history and self.history[-1][0] == step:  # accumulating gradients: several batches, one step
+            return
         norms = pl_module.hidden_state_gradients(batch, self.max_examples).float().cpu()
         self.history.append((step, norms.tolist()))
         ratio = norms[0] / norms[-1].clamp_min(torch.finfo(torch.float32).tiny)
-        pl_module.log_dict({"hgrad_first": norms[0], "hgrad_last": norms[-1], "hgrad_ratio": ratio})
+        scalars = {"hgrad_first": float(norms[0]), "hgrad_last": float(norms[-1]), "hgrad_ratio": float(ratio)}
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
         for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                import wandb
-
-                table = wandb.Table(data=[[t, v] for t, v in enumerate(norms.tolist())], columns=["t", "grad_norm"])
-                plot = wandb.plot.line(table, "t", "grad_norm", title=f"||dL/dh_t|| at step {step}")
-                logger.experiment.log({"hidden_grad_norms": plot, "trainer/global_step": step})
+            logger.log_metrics(scalars, step=step)

@@ -42,12 +42,13 @@ def is_chunk_tagset(tags: list[str]) -> bool:
 
 
 class SpanF1(Metric):
-    """Micro precision/recall/F1 over exact chunks, and F1 per type; counts are summed across DDP ranks."""
+    """Micro precision/recall/F1 over exact chunks, and F1 per type; counts are summed across DDP ranks (unless
+    ``sync_on_compute=False``: ``kwargs`` go to torchmetrics' ``Metric``)."""
 
     full_state_update = False
 
-    def __init__(self, tag_names: list[str]) -> None:
-        super().__init__()
+    def __init__(self, tag_names: list[str], **kwargs) -> None:
+        super().__init__(**kwargs)
         self.tag_names = list(tag_names)
         self.types = sorted({_parts(t)[1] for t in tag_names if t != "O"})
         for name in ("tp", "pred", "gold"):

@@ -196,7 +196,7 @@ class Tagger(Task):
         self.log("train_loss", loss, prog_bar=True, batch_size=len(words))
         return loss
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def _eval_step(self, batch, stage: str) -> torch.Tensor:
         words, chars, lengths, tags = batch
         emissions = self(words, chars, lengths)
         loss = self.net.loss(emissions, tags, lengths)
@@ -205,6 +205,12 @@ class Tagger(Task):
         if self.chunked:
             getattr(self, f"{stage}_spans").update(pred.clamp(min=0), tags.clamp(min=0), lengths)
         self.log(f"{stage}_loss", loss, sync_dist=True, batch_size=len(words))
+        return pred
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """The predicted tags (B, T): the batch-end hooks of callbacks get them (the W&B media score them per type
+        over the whole split without decoding again)."""
+        return self._eval_step(batch, "val")
 
     def _eval_epoch_end(self, stage: str) -> None:
         acc = getattr(self, f"{stage}_acc").compute()

@@ -20,8 +20,6 @@ from zoo.tasks.text_codec import TextCodec
 
 __all__ = ["Seq2Seq"]
 
-SAMPLES = 5  # validation translations sent to a logger that takes text (W&B) each epoch
-
 
 class Seq2Seq(Task):
     """Encoder-decoder trained with teacher forcing (cross-entropy with label smoothing), or with a share of its
@@ -32,7 +30,8 @@ class Seq2Seq(Task):
     tokenisation, cased) of greedy translations of the detokenised outputs against the raw references;
     ``test_bleu`` the same with beam search (``beam``, ``alpha``), ``test_bleu_greedy`` with greedy decoding, and
     ``test_bleu_tok`` lowercased BLEU over the model's own tokens (no re-tokenisation; what tutorials that
-    lowercase and tokenise Multi30k report). With W&B, each validation logs a table of a few translations.
+    lowercase and tokenise Multi30k report). With W&B, ``train.py`` logs a few validation translations (greedy and
+    beam) and their attention at each validation end (``zoo.callbacks.media.translation``).
 
     Args:
         arch: ``seq2seq_gru_attn``, ``seq2seq_lstm_attn``, ``seq2seq_gru`` or ``seq_autoencoder``.
@@ -120,7 +119,6 @@ class Seq2Seq(Task):
                 f"need 0 <= teacher_forcing <= 1, beam >= 1, alpha >= 0; got {teacher_forcing}, {beam}, {alpha}"
             )
         self.net: nn.Module | None = None
-        self._samples: list | None = None  # validation translations for a logger that takes text
         if pretrained:  # the weights bring their architecture, tokenisers and vocabularies
             self.take_weights_kwargs()
         if self.hparams.src_spec is not None and self.hparams.tgt_spec is not None:
@@ -183,8 +181,9 @@ class Seq2Seq(Task):
         self.log("train_loss", loss, prog_bar=True, batch_size=len(src))
         return loss
 
-    def _references(self, stage: str, tgt: torch.Tensor, index: torch.Tensor) -> list[str]:
-        """The raw reference sentences of the batch, from the DataModule (else decoded from the target ids)."""
+    def references(self, stage: str, tgt: torch.Tensor, index: torch.Tensor) -> list[str]:
+        """The raw reference sentences of a ``stage`` batch (its targets and indices), from the DataModule (else
+        decoded from the target ids): what BLEU is scored against, and what the W&B media show."""
         refs = getattr(self.datamodule, "references", {}).get(stage)  # optional in the contract
         if refs is not None:
             return [refs[i] for i in index.tolist()]
@@ -195,15 +194,12 @@ class Seq2Seq(Task):
         logits, _ = self(src, lengths, tgt[:, :-1])
         n = int((tgt[:, 1:] != PAD_ID).sum())
         getattr(self, f"{stage}_nll").update(self._nll(logits, tgt[:, 1:]), n)
-        refs = [[r] for r in self._references(stage, tgt, index)]
+        refs = [[r] for r in self.references(stage, tgt, index)]
         h = self.hparams
         greedy = self.net.greedy(src, lengths, max_len_a=h.max_len_a, max_len_b=h.max_len_b)
         if stage == "val":
             hyps = [self.tgt_codec.decode(g.tokens) for g in greedy]
             self.val_bleu.update(hyps, refs)
-            if self._samples is None:  # a few examples of the epoch's first batch for the experiment tracker
-                srcs = [self.src_codec.decode(row[:n].tolist()) for row, n in zip(src[:SAMPLES], lengths.tolist())]
-                self._samples = [list(x) for x in zip(srcs, [r[0] for r in refs], hyps)]
             return
         self.test_bleu_greedy.update([self.tgt_codec.decode(g.tokens) for g in greedy], refs)
         beams = self.net.beam_search(src, lengths, h.beam, h.alpha, h.max_len_a, h.max_len_b)
@@ -221,9 +217,6 @@ class Seq2Seq(Task):
             self.log(f"{stage}_{name}", metric.compute() * 100, prog_bar=name == "bleu")
             metric.reset()
         getattr(self, f"{stage}_nll").reset()
-        samples, self._samples = self._samples, None
-        if stage == "val" and samples and hasattr(self.logger, "log_text") and not self.trainer.sanity_checking:
-            self.logger.log_text(key="val_translations", columns=["source", "reference", "greedy"], data=samples)
 
     # -- raw strings ------------------------------------------------------------------------------------------
     def _batch(self, sentences: str | list[str], what: str = "source sentence") -> tuple[torch.Tensor, torch.Tensor]:
