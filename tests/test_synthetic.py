@@ -8,6 +8,7 @@ from conftest import run_train
 import zoo
 from datamodules.synthetic import AddingDataModule, CopyMemoryDataModule, adding_problem, copy_memory
 from zoo.callbacks import HiddenStateGradients
+from zoo.callbacks.media import media_callbacks
 
 
 def test_adding_problem_marks_one_value_per_half_and_sums_them():
@@ -58,7 +59,11 @@ def test_callback_records_and_logs(tmp_path, monkeypatch):
     logger = WandbLogger(save_dir=str(tmp_path), project="t")
     model = zoo.create_model("rnn_classifier", hidden_size=8)
     trainer = L.Trainer(
-        max_steps=4, logger=logger, callbacks=[cb], enable_progress_bar=False, default_root_dir=tmp_path
+        max_steps=4,
+        logger=logger,
+        callbacks=[cb, *media_callbacks(model)],
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, AddingDataModule(length=15, train_size=64, eval_size=16, batch_size=16))
     assert [s for s, _ in cb.history] == [2, 4] and all(len(n) == 15 for _, n in cb.history)
