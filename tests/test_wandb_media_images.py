@@ -41,8 +41,10 @@ def test_an_image_run_logs_predictions_confusion_per_class_and_gradcam(cifar_dir
     media = ["--wandb.media_every_n_epochs", "2", "--wandb.media_samples", "3"]
     run = train(cifar_dir, tmp_path, "--trainer.max_epochs", "3", *media)
     keys = ("media/predictions", "media/confusion_matrix_table", "media/per_class_accuracy_table", "media/gradcam")
-    for key in keys:  # every 2nd epoch and the last: epochs 2 and 3, not 1
-        assert steps_of(run, key) == [2 * TRAIN_BATCHES, 3 * TRAIN_BATCHES], key
+    val_steps = [row["trainer/global_step"] for row in run.history if "val_acc" in row]
+    assert len(val_steps) == 3
+    for key in keys:  # every 2nd epoch and the last: epochs 2 and 3, not 1, at the step of their val_acc
+        assert steps_of(run, key) == val_steps[1:], key
 
     table = run.table("media/predictions")
     assert table["columns"] == ["image", "true", "predicted", "confidence", "correct"]

@@ -168,7 +168,8 @@ def test_gradient_curve_draws_one_line_per_measured_step(names_dir, train):
     assert len(drawn) == len(images) == len(logged_at) == 2
     for table, image, step in zip(drawn, images, logged_at):
         assert table["columns"] == ["step", "t", "grad_norm"]
-        assert sorted({s for s, _, _ in table["data"]}) == [s for s in measured if s <= step], "a line per step"
+        # the media sit where Lightning logs the epoch's val_*: one before the count of optimizer steps taken
+        assert sorted({s for s, _, _ in table["data"]}) == [s for s in measured if s <= step + 1], "a line per step"
         assert all(v > 0 for *_, v in table["data"])
         assert (image["width"], image["height"]) == (700, 400)
         assert (run.folder / "files" / image["path"]).stat().st_size > 5000

@@ -69,4 +69,5 @@ class ValidationMedia(L.Callback):
             self.batches = []
         if logged:
             run = wandb_run(trainer)
-            run.log({**{f"media/{k}": v for k, v in logged.items()}, "trainer/global_step": trainer.global_step})
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning logs this epoch's val_* at
+            run.log({**{f"media/{k}": v for k, v in logged.items()}, "trainer/global_step": step})
