@@ -49,7 +49,19 @@ def test_tensorboard_logger_writes_into_the_run_folder(cifar_dir, tmp_path):
     assert {"val_acc", "grad_norm", "lr/weights", "samples_per_s"} <= set(tags), tags
 
 
-def test_an_explicit_save_dir_is_used_as_given(cifar_dir, tmp_path):
-    args = ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "elsewhere")]
-    train(["fit", *lenet(cifar_dir, "--trainer.max_epochs", "1", *args)], tmp_path)
-    assert (tmp_path / "elsewhere" / "metrics.csv").is_file()
+def test_w_and_b_beside_csv_when_both_are_listed(cifar_dir, tmp_path):
+    both = ["--trainer.logger+=WandbLogger", "--trainer.logger+=CSVLogger"]
+    train(["fit", *lenet(cifar_dir, "--trainer.max_epochs", "1", *both)], tmp_path)
+    run = tmp_path / RUN
+    assert (run / "csv" / "metrics.csv").is_file() and (run / "wandb_id").is_file()
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_an_explicit_save_dir_is_used_as_given(tmp_path, monkeypatch):
+    from zoo.cli.file_loggers import RUN_DIR_ENV, RunCSVLogger, RunTensorBoardLogger
+
+    monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "run"))
+    assert Path(RunCSVLogger().log_dir) == tmp_path / "run" / "csv"
+    assert Path(RunCSVLogger(save_dir=str(tmp_path / "elsewhere")).log_dir) == tmp_path / "elsewhere"
+    assert Path(RunTensorBoardLogger().log_dir) == tmp_path / "run" / "tensorboard"
+    assert Path(RunTensorBoardLogger(save_dir=str(tmp_path / "tb"), name="x").log_dir) == tmp_path / "tb" / "x"
