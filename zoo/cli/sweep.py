@@ -270,6 +270,9 @@ def run_sweep(
             break
         result = _result(sweep, combo, name, folder, "ok" if rc == 0 else f"failed (exit {rc})", wall)
         results.append(result)
+        write_table(results, root)  # after every run: an interrupted sweep has its table so far
+        if rc == 0 and result[f"best_{sweep.metric}"] is None:
+            print(f"{name}: the run logged no {sweep.metric}: is the sweep's metric name right?", file=sys.stderr)
         if rc == 0:
             (folder / DONE).write_text(json.dumps(result, indent=1))
         else:
@@ -277,11 +280,11 @@ def run_sweep(
         shown = result[f"best_{sweep.metric}"]
         print(f"[{i}/{len(combos)}] {name}: best {sweep.metric} {shown}, {wall:.0f} s", file=sys.stderr, flush=True)
     if not dry_run:
-        write_table(results, root)
+        write_table(results, root, quiet=False)
     return results
 
 
-def write_table(results: list[dict], folder: Path) -> None:
+def write_table(results: list[dict], folder: Path, quiet: bool = True) -> None:
     """``results.json`` and ``results.csv`` (columns: the union of the rows' keys, in first-seen order)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=1))
@@ -290,7 +293,8 @@ def write_table(results: list[dict], folder: Path) -> None:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(results)
-    print(f"results: {folder / 'results.csv'} ({len(results)} runs)", file=sys.stderr)
+    if not quiet:
+        print(f"results: {folder / 'results.csv'} ({len(results)} runs)", file=sys.stderr)
 
 
 def plot(results_json: Path, x: str, line: str, ys: list[str], out: Path, title: str | None = None) -> None:
@@ -354,6 +358,9 @@ def main(argv: list[str] | None = None, prog: str = "zoo sweep") -> int:
     except (SweepError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the run in progress got the Ctrl-C too, and saved its resume point
+        print(f"{prog}: interrupted: run the same command again to continue the sweep", file=sys.stderr)
+        return 130
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 
