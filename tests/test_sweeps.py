@@ -191,3 +191,20 @@ def test_load_sweep_names_missing_keys(tmp_path):
     path.write_text("program: train.py\nmethod: grid\n")
     with pytest.raises(SweepError, match="no metric, parameters"):
         load_sweep(path)
+
+
+def test_plot_draws_a_small_png_from_the_results_table(cifar_dir, tmp_path):
+    from zoo.cli.sweep import main as sweep_main
+
+    rows = [
+        {"run": f"b{b}-l{lr}", "data.batch_size": b, "model.lr": lr, "status": "ok", "final_val_acc": lr * b / 100}
+        for b in (8, 16)
+        for lr in (0.01, 0.05)
+    ]
+    (tmp_path / "out" / "tiny").mkdir(parents=True)
+    (tmp_path / "out" / "tiny" / "results.json").write_text(json.dumps(rows))
+    png = tmp_path / "plot.png"
+    args = ["--run_root", str(tmp_path / "out"), "--out", str(png), "--plot", "model.lr", "data.batch_size"]
+    assert sweep_main([str(_tiny_sweep(tmp_path, cifar_dir)), *args, "final_val_acc"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 100_000
+    assert sweep_main([str(_tiny_sweep(tmp_path, cifar_dir)), *args]) == 2, "X LINE and at least one Y"

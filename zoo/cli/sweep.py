@@ -313,6 +313,9 @@ def plot(results_json: Path, x: str, line: str, ys: list[str], out: Path, title:
             label = f"{line.rsplit('.', 1)[-1]} {value}"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         ax.set_xscale("log", base=2)
+        ticks = sorted({r[x] for r in rows})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.grid(alpha=0.3)
