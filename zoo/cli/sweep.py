@@ -4,7 +4,8 @@ The files in ``configs/sweeps/`` are standard W&B sweep configurations: ``wandb 
 ``wandb agent <id>`` runs them with W&B's own scheduler (the only way to run ``method: bayes``). Offline, or to
 keep a sweep on one machine, this runner expands the same file itself:
 
-- ``grid``: every combination, in file order; ``random``: ``--max_runs`` draws, seeded (``--seed``);
+- ``grid``: every combination, in file order; ``random``: ``--max_runs`` draws, seeded (``--seed``); ``bayes``
+  and ``early_terminate`` need W&B's server (the first is refused here, the second ignored);
 - each combination is one ``train.py`` subprocess, one after the other, built from the file's ``command:`` section
   as the W&B agent builds it (``${interpreter} ${program} ... ${args}``), plus the user's extra ``train.py`` args,
   with ``--wandb.group <sweep name>`` and a run name per combination, in ``<run_root>/<sweep name>/<combination>``;
@@ -81,7 +82,8 @@ class Sweep:
         if not max_runs:
             raise SweepError(f"{self.path}: method random never ends on its own: pass --max_runs N")
         rng = random.Random(seed)
-        return [{k: _draw(self.path, k, p, rng) for k, p in self.parameters.items()} for _ in range(max_runs)]
+        draws = [{k: _draw(self.path, k, p, rng) for k, p in self.parameters.items()} for _ in range(max_runs)]
+        return [{k: float(_format(v)) if isinstance(v, float) else v for k, v in d.items()} for d in draws]  # as run
 
     def argv(self, combo: dict[str, Any], extra: list[str]) -> list[str]:
         """The command of one combination, as the W&B agent builds it from ``command:``, then ``extra``."""
