@@ -49,6 +49,7 @@ def test_publish_writes_weights_and_measured_metrics(published):
     entry, dm = published
     path = checkpoint_dir() / entry.file
     assert path.suffix == ".safetensors" and sha256_of(path) == entry.sha256
+    assert path.stat().st_mode & 0o777 == (checkpoint_dir() / "manifest.json").stat().st_mode & 0o777, "not 0600"
     assert read_manifest()["lenet5.fixture"] == entry
     assert entry.params == 62_006 and entry.classes[0] == "airplane"
     model = zoo.load_pretrained("lenet5.fixture")

@@ -4,6 +4,7 @@ manifest entry whose metrics are measured here, on the test split, never typed b
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -84,6 +85,9 @@ def publish(
     name = f"{arch}.{tag}"
     file = out_dir / f"{name}.safetensors"
     save_file(state, str(file), metadata={"model": arch, "name": name})
+    umask = os.umask(0)
+    os.umask(umask)
+    file.chmod(0o666 & ~umask)  # safetensors creates its files 0600: weights in a shared folder are for everyone
     record = ckpt.get("callbacks", {}).get("TrainingRecord", {})
     model_kwargs = {k: hp[k] for k in cls.weights_kwargs if hp.get(k) is not None}
     large = {k: v for k, v in model_kwargs.items() if len(json.dumps(v)) > LARGE_KWARG}
