@@ -56,7 +56,7 @@ class RunCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None and self._in_run_folder:
+        if self._experiment is None:  # a fixed folder (a new one when versioned): append to what is there
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return super().experiment

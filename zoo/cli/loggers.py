@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from zoo.cli._wandb_logger import WandbLogger
+from zoo.cli.file_loggers import RunCSVLogger
 
 __all__ = ["WandbOptions", "wandb_logger", "run_loggers"]
 
@@ -106,8 +107,8 @@ def wandb_logger(
     try:
         import wandb  # noqa: F401
     except ImportError:
-        print(f"wandb is not installed: logging to CSV in {run_dir}", file=sys.stderr)
-        return CSVLogger(run_dir, name="", version="")
+        print(f"wandb is not installed: logging to CSV in {run_dir / 'csv'}", file=sys.stderr)
+        return RunCSVLogger(save_dir=str(run_dir / "csv"))
     if wandb_mode(options) == "disabled":
         return None
     id_file = run_dir / "wandb_id"
