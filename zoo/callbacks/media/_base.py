@@ -31,11 +31,16 @@ class ValidationMedia(L.Callback):
         self.batches: list[Any] = []  # what collect() kept in this validation epoch
         self._seen = 0
 
-    def due(self, trainer: L.Trainer) -> bool:
-        if trainer.sanity_checking or rank_zero_only.rank != 0 or wandb_run(trainer) is None:
+    def scheduled(self, trainer: L.Trainer) -> bool:
+        """This validation epoch is one to log at (on every rank: for what must be gathered across ranks)."""
+        if trainer.sanity_checking or wandb_run(trainer) is None:
             return False
         epoch = trainer.current_epoch + 1
         return epoch % self.every_n_epochs == 0 or epoch >= (trainer.max_epochs or 0) > 0
+
+    def due(self, trainer: L.Trainer) -> bool:
+        """Log now: a scheduled epoch, on rank 0."""
+        return rank_zero_only.rank == 0 and self.scheduled(trainer)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.batches, self._seen = [], 0

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from zoo.callbacks._util import wandb_run
 from zoo.callbacks.media._base import ValidationMedia
 
 __all__ = ["ImageMedia", "callbacks"]
@@ -37,18 +36,11 @@ class ImageMedia(ValidationMedia):
         self._warned = False
 
     # -- the whole split: counts from the task's own forward ---------------------------------------------------
-    def counting(self, trainer: L.Trainer) -> bool:
-        """:meth:`due` on every rank, not only rank 0: the counts are summed across ranks, a collective that every
-        rank must join."""
-        epoch = trainer.current_epoch + 1
-        scheduled = epoch % self.every_n_epochs == 0 or epoch >= (trainer.max_epochs or 0) > 0
-        return scheduled and not trainer.sanity_checking and wandb_run(trainer) is not None
-
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_epoch_start(trainer, pl_module)
         self._unhook()
         self.confusion = None
-        if self.counting(trainer):
+        if self.scheduled(trainer):  # on every rank: the counts are summed across ranks
             c = pl_module.hparams.num_classes
             self.confusion = torch.zeros(c, c, dtype=torch.long, device=pl_module.device)
             self._hook = pl_module.register_forward_hook(self._note)
