@@ -76,3 +76,12 @@ def test_a_disabled_logger_leaves_no_wandb_files(cifar_dir, tmp_path, wandb_env)
         run_dir = tmp_path / "runs" / f"off{i}" / "version_0"
         assert not (run_dir / "wandb").exists() and not (run_dir / "wandb_id").exists()
         assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_import_zoo_imports_no_wandb_and_no_captum():
+    import subprocess
+    import sys
+
+    code = "import sys, zoo, zoo.callbacks.media; print(sorted({'wandb', 'captum'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
