@@ -12,7 +12,8 @@ import torch
 import yaml
 from conftest import FIXTURE_ARGS, ROOT, pairs_tsv, run_train, tagged_files
 
-CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+# train.py configs; configs/sweeps/ holds W&B sweep files, tested by test_sweeps.py
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "sweeps")
 RECIPES = [c for c in CONFIGS if "/trainer/" not in c and "/finetune/" not in c]  # fine-tuning: test_finetune.py
 PRESETS = [c for c in CONFIGS if "/trainer/" in c]
 
