@@ -217,6 +217,9 @@ def real_data_dir() -> Path:
 def run_train(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run train.py in a subprocess (as users do), from ``cwd`` so its runs/ folder lands in a temp dir."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # never the W&B service of an in-process run of this pytest (it would take the child's run: no run files);
+    # the per-test fixture clears it, but a module-scoped fixture runs before that
+    full_env.pop("WANDB_SERVICE", None)
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=cwd,
