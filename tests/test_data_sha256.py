@@ -241,7 +241,7 @@ def test_a_validate_run_logs_the_digest_and_only_rank_zero_hashes(tmp_path, cifa
     assert data["sha256"] == sha(archive) and data["files"] == {archive.name: sha(archive)}
 
     hashed = []
-    monkeypatch.setattr(run_metadata, "file_sha256", lambda p: hashed.append(p) or "0" * 64)
+    monkeypatch.setattr(run_metadata, "sha256_of", lambda p: hashed.append(p) or "0" * 64)
     monkeypatch.setattr(run_metadata.rank_zero_only, "rank", 1)
     lenet_validate(tmp_path / "rank1", cifar_dir)
     assert hashed == [], "a rank other than 0 read the data files again"

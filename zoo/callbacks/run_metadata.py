@@ -23,11 +23,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from datamodules.contract import DataFiles
 from zoo.callbacks._util import wandb_run
 from zoo.callbacks.training_record import hardware_string
+from zoo.weights.store import sha256_of
 
-__all__ = ["RunMetadata", "loggable", "file_sha256", "data_digest"]
+__all__ = ["RunMetadata", "loggable", "data_digest"]
 
 LONG = 50  # lists longer than this (vocabularies, class names) are logged as their length; files too
-HASH_CHUNK = 1 << 20  # bytes read at a time: a file's size never sits in memory
 SLOW_HASH_S = 5.0  # hashing that took longer is said in the log (a large image folder), with how to read it
 
 
@@ -43,15 +43,6 @@ def loggable(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of the file at ``path`` (what ``sha256sum`` prints), read in ``HASH_CHUNK`` pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _hash_regular(path: str) -> tuple[str, int] | None:
     """``(sha256, size)`` of a regular file; ``None`` for anything else, unopened (a pipe would block, or hand back
     nothing: it was read once already) or gone."""
@@ -59,7 +50,7 @@ def _hash_regular(path: str) -> tuple[str, int] | None:
         st = os.stat(path)
     except OSError:
         return None
-    return (file_sha256(path), st.st_size) if stat.S_ISREG(st.st_mode) else None
+    return (sha256_of(path), st.st_size) if stat.S_ISREG(st.st_mode) else None
 
 
 def _hash_all(paths: list[str]) -> list[tuple[str, int] | None]:

@@ -50,12 +50,18 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "zoo"
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
+def file_hash(path: str | Path, h=None):
+    """``h`` (default: a new sha256) updated with the file at ``path``, read 1 MiB at a time."""
+    h = hashlib.sha256() if h is None else h
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    return h
+
+
+def sha256_of(path: str | Path) -> str:
+    """The sha256 of the file at ``path``, as ``sha256sum`` prints it."""
+    return file_hash(path).hexdigest()
 
 
 def local_places(file: str) -> list[Path]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.weights.store import PretrainedError, cache_dir
+from zoo.weights.store import PretrainedError, cache_dir, file_hash
 
 __all__ = [
     "PREFIX",
@@ -87,11 +87,7 @@ class ArtifactRef:
 
 def md5_b64(path: Path) -> str:
     """The digest W&B gives a file in an artifact manifest: base64 of its md5."""
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return base64.b64encode(h.digest()).decode("ascii")
+    return base64.b64encode(file_hash(path, hashlib.md5(usedforsecurity=False)).digest()).decode("ascii")
 
 
 def _offline() -> bool:
