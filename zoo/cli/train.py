@@ -233,6 +233,7 @@ class ZooCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         defaults = self._default_callbacks(
             logger,
+            options,
             progress_bar=trainer_cfg.get("enable_progress_bar") is not False,
             checkpoints=trainer_cfg.get("enable_checkpointing") is not False,
         )
@@ -244,7 +245,9 @@ class ZooCLI(LightningCLI):
         self.trainer = super().instantiate_trainer(logger=logger, callbacks=callbacks, plugins=plugins, **kwargs)
         return self.trainer
 
-    def _default_callbacks(self, logger, progress_bar: bool, checkpoints: bool) -> list[Callback]:
+    def _default_callbacks(
+        self, logger, options: WandbOptions, progress_bar: bool, checkpoints: bool
+    ) -> list[Callback]:
         bars: list[Callback] = []
         if progress_bar:
             bars.append(RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=50))
@@ -269,7 +272,6 @@ class ZooCLI(LightningCLI):
             ]
         if logger:
             cbs.append(TrainingCurves())
-        options = self.config_init[self.subcommand].get("wandb") or WandbOptions()
         loggers = logger if isinstance(logger, list) else [logger]
         if options.media and any(type(lg).__name__ == "WandbLogger" for lg in loggers):
             cbs += media_callbacks(self.model, options.media_every_n_epochs, options.media_samples)
