@@ -12,6 +12,8 @@ because they halve those layers' parameters); dropout 0.5 before the two hidden 
 - ``stem="cifar"`` (default): the first convolution is 5x5/1 (an 11x11/4 filter would leave a 32x32 image 7x7
   after one layer), 3x3 maps reach the classifier and its hidden layers have ``hidden`` = 1024 units, which
   keeps 3.4M parameters in the classifier instead of the 26M that 4096 units would need for 10 classes.
+- The response normalisation is computed in float32 when the net runs in float16 or bfloat16 (``16-true``,
+  ``bf16-true``): see :class:`LocalResponseNorm`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,19 @@ import torch.nn as nn
 from zoo._registry import register_model
 from zoo.nets._base import ClassifierNet
 
-__all__ = ["AlexNet", "alexnet"]
+__all__ = ["AlexNet", "LocalResponseNorm", "alexnet"]
+
+
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """``nn.LocalResponseNorm`` computed in float32 for float16/bfloat16 input, returned in the input's dtype. Its
+    sum of squares overflows float16 once activations pass 256 (65,504 is float16's largest number), dividing
+    those by infinity; and on CPU torch has no float16/bfloat16 kernel for the average pooling it sums with
+    (``avg_pool3d``), so ``16-true`` and ``bf16-true`` failed there. No parameters: weights load as before."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
 
 
 class AlexNet(ClassifierNet):
@@ -44,11 +58,11 @@ class AlexNet(ClassifierNet):
         self.features = nn.Sequential(
             first,  # (B, 96, 55, 55) at 224 / (B, 96, 32, 32) at 32
             nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
             nn.MaxPool2d(3, 2),  # overlapping pooling: (B, 96, 27, 27) / (B, 96, 15, 15)
             nn.Conv2d(96, 256, 5, padding=2, groups=2),
             nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
             nn.MaxPool2d(3, 2),  # (B, 256, 13, 13) / (B, 256, 7, 7)
             nn.Conv2d(256, 384, 3, padding=1),
             nn.ReLU(inplace=True),
