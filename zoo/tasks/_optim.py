@@ -7,9 +7,11 @@ from collections.abc import Callable, Collection
 
 import torch
 import torch.nn as nn
+from lightning.pytorch.utilities import rank_zero_info
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
+ADAM_EPS = 1e-8  # PyTorch's default
 LENGTHLESS = ("constant",)  # schedules that need no total number of steps (a run bounded by time alone)
 
 
@@ -53,7 +55,21 @@ def build_optimizer(
     groups = param_groups(module, weight_decay, lr, is_head, backbone_lr_mult, no_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, eps=adam_eps(module))
+
+
+def adam_eps(module: nn.Module, eps: float = ADAM_EPS) -> float:
+    """Adam's ``eps`` for the weights of ``module``: ``eps`` unless their dtype cannot hold it, then the smallest
+    normal number of that dtype. Adam keeps its moments in the weights' dtype, and 1e-8 is 0 in float16
+    (``16-true``): a weight whose gradient is 0 (an embedding row not in the batch) then steps by 0/0 = NaN, and one
+    whose squared gradient underflows by m/0 = inf. float16's 6.1e-5 bounds that step by ~lr."""
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    floor = max((torch.finfo(d).tiny for d in dtypes), default=0.0)
+    if floor <= eps:
+        return eps
+    names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+    rank_zero_info(f"AdamW eps {floor:.3g} instead of {eps:g}, which is 0 in the weights' {names}")
+    return floor
 
 
 def build_schedule(
