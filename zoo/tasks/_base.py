@@ -19,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from zoo._registry import check_task
 from zoo.tasks._optim import LENGTHLESS, OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule, check_choice
+from zoo.tasks._precision import PrecisionGuard
 from zoo.weights import Weights, load_into, weights_for
 
 __all__ = ["Task"]
@@ -174,6 +175,11 @@ class Task(L.LightningModule):
             grad = params[key].grad
             if grad is not None:
                 grad[known.to(grad.device)] = 0
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The precision checks every task runs (``zoo.tasks._precision``): a precision the device cannot train under
+        is refused at fit start, and steps a float16 loss scaler skips are announced."""
+        return [PrecisionGuard()]
 
     def on_fit_start(self) -> None:
         for cb in self.trainer.callbacks:
