@@ -1,0 +1,30 @@
+"""benchmarks/gpu_check.py runs: its quick CPU mode (a few models of the precision matrix, the image step timing,
+the published translator and tagger decoding, a short ResNet-20 run) prints every table and passes."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import gpu_check  # noqa: E402
+
+
+def test_quick_mode_on_cpu(tmp_path, capsys):
+    out = tmp_path / "check.md"
+    assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert out.read_text(encoding="utf-8").strip() == report.strip()
+    titles = ("## Precision matrix (42 cells", "## Training step of every image net", "## Decoding", "## ResNet-20")
+    assert all(title in report for title in titles), report
+    matrix = report.split("## Precision matrix")[1].split("##")[0]
+    rows = [line for line in matrix.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(gpu_check.QUICK_MODELS) and all("fail" not in row for row in rows)
+    assert "| translate, beam 5 | 2/2 |" in report and "| tag (CRF Viterbi) | 3/3 |" in report
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_cuda_asked_for_without_a_gpu(capsys):
+    assert gpu_check.main([]) == 2
+    assert "no CUDA device here" in capsys.readouterr().out
