@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 __all__ = [
     "EpochSampler",
+    "EvalShard",
     "EpochShuffle",
     "ResumableLoader",
     "SplitLoaders",
@@ -56,6 +57,36 @@ class EpochSampler(DistributedSampler):
         base = (self.seed * 1_000_003 + self.epoch) * len(self.dataset)
         for i in itertools.islice(super().__iter__(), start, None):
             yield i, (base + i) % 2**63
+
+
+class EvalShard(DistributedSampler):
+    """This process's share of an evaluation split under DDP: every ``num_replicas``-th index from ``rank``, so the
+    ranks read each example exactly once between them. Lightning's own ``DistributedSampler`` repeats examples until
+    every rank has as many (41 are read as 42 on 2 ranks), and val/test metrics, summed over the ranks, then count
+    some twice. A ``DistributedSampler``, so Lightning keeps it. A rank may get one batch fewer, which evaluation
+    allows: its only collectives are at the epoch end (metric syncs)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.indices = unpadded_share(len(dataset), num_replicas, rank)
+        self.num_samples = self.total_size = len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def unpadded_share(n: int, num_replicas: int, rank: int) -> range:
+    """The indices of ``n`` examples that rank ``rank`` of ``num_replicas`` evaluates (every ``num_replicas``-th);
+    an empty share is refused: that rank would skip the evaluation loop, and the others would wait for it."""
+    if n < num_replicas:
+        raise ValueError(
+            f"an evaluation split of {n} examples for {num_replicas} processes: each process needs at least one; "
+            "use fewer processes (--trainer.devices) or a larger split"
+        )
+    return range(rank, n, num_replicas)
 
 
 class EpochShuffle(RandomSampler):
@@ -186,10 +217,11 @@ class SplitDataModule(SplitLoaders):
         h = self.hparams
         ds = getattr(self, f"{split}_set")
         workers = {"num_workers": h.num_workers, "persistent_workers": h.num_workers > 0}
-        if not train:
-            return DataLoader(ds, batch_size=h.eval_batch_size, **workers)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if not train:
+            shard = EvalShard(ds, world, rank) if world > 1 else None
+            return DataLoader(ds, batch_size=h.eval_batch_size, sampler=shard, **workers)
         sampler = EpochSampler(ds, num_replicas=world, rank=rank, seed=run_seed())
         # a ragged last batch of 1 breaks BatchNorm; but a split smaller than a batch must still train
         drop_last = sampler.num_samples > h.batch_size

@@ -7,10 +7,11 @@ test the rest. For Tiny Shakespeare (the default file, ``<data_dir>/tinyshakespe
 
 Batches: each split is cut into ``batch_size`` contiguous streams side by side (the classic "batchify"); batch
 ``i`` holds the ``i``-th window of ``seq_len`` tokens of every stream, with the targets one token later, so a
-hidden state carried from batch ``i`` to ``i + 1`` continues the same text. Under DDP every rank takes its own
+hidden state carried from batch ``i`` to ``i + 1`` continues the same text. Under DDP every rank trains on its own
 ``batch_size`` streams (the text is cut into ``world_size * batch_size`` of them), so every rank has the same
-number of batches. The loader counts the batches it has yielded and is saved in checkpoints, so a run stopped
-mid-epoch resumes at the next batch.
+number of batches; validation and test cut their text into ``eval_batch_size`` streams whatever the number of
+processes and share them out, so that their metric is the one a single process measures. The loader counts the
+batches it has yielded and is saved in checkpoints, so a run stopped mid-epoch resumes at the next batch.
 """
 
 from __future__ import annotations
@@ -32,10 +33,18 @@ __all__ = ["CharLMDataModule", "StreamBatches", "StreamLoader"]
 
 class StreamBatches(IterableDataset):
     """``(x, y)`` windows of ``(B, T)`` over ``B`` contiguous streams of this rank; ``skip`` batches are left out
-    of the next pass (resuming mid-epoch)."""
+    of the next pass (resuming mid-epoch). ``batch_size`` streams per rank, or with ``shared`` (evaluation)
+    ``batch_size`` streams in all, shared out among the ranks (the same cut of the text for any number of them)."""
 
-    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1) -> None:
-        streams = batch_size * world_size
+    def __init__(
+        self, ids: torch.Tensor, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, shared: bool = False
+    ) -> None:
+        streams = batch_size if shared else batch_size * world_size
+        if streams < world_size:
+            raise DatasetError(
+                f"eval_batch_size={batch_size} streams for {world_size} processes: each process needs one; raise "
+                f"--data.eval_batch_size to {world_size} or more"
+            )
         per_stream = (len(ids) - 1) // streams
         if per_stream < 2:
             raise DatasetError(
@@ -44,7 +53,10 @@ class StreamBatches(IterableDataset):
         self.seq_len = min(seq_len, per_stream)
         cut = ids[: streams * per_stream + 1]
         x, y = cut[:-1].view(streams, per_stream), cut[1:].view(streams, per_stream)
-        self.x, self.y = x[rank * batch_size : (rank + 1) * batch_size], y[rank * batch_size : (rank + 1) * batch_size]
+        rows = torch.arange(streams)
+        per_rank = torch.tensor_split(rows, world_size) if shared else rows.split(batch_size)
+        mine = per_rank[rank]
+        self.x, self.y = x[mine], y[mine]
         self.position = 0  # batches yielded in the current pass
         self.skip = 0
 
@@ -80,7 +92,10 @@ class CharLMDataModule(SplitLoaders):
     tokenizer: ``char`` or ``whitespace`` (word level); the vocabulary is built on the train split, tokens
         seen fewer than ``min_freq`` times (and unseen ones) become ``<unk>``.
     train_end, val_end: the split points, as fractions of the text.
-    batch_size, seq_len: streams per batch and tokens per window (one optimiser step per ``bptt`` of them).
+    batch_size, seq_len: streams per batch and tokens per window (one optimiser step per ``bptt`` of them);
+        ``batch_size`` is per process under DDP.
+    eval_batch_size: streams the val and test text is cut into, shared out among the processes under DDP (so that
+        the metric does not depend on their number).
     """
 
     licence = (  # of the default dataset; shown by `zoo info`
@@ -149,5 +164,5 @@ class CharLMDataModule(SplitLoaders):
     def _loader(self, split: str, train: bool) -> DataLoader:
         rank, world = self._rank()
         batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size
-        ds = StreamBatches(self.splits[split], batch_size, self.hparams.seq_len, rank, world)
+        ds = StreamBatches(self.splits[split], batch_size, self.hparams.seq_len, rank, world, shared=not train)
         return StreamLoader(ds, batch_size=None)  # the dataset yields whole batches, in order

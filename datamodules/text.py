@@ -11,9 +11,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler, SequentialSampler
 
-from datamodules._base import EpochShuffle, ResumableLoader, run_seed
+from datamodules._base import EpochShuffle, ResumableLoader, run_seed, unpadded_share
 from datamodules.contract import PAD, TEXT_SPECIALS, TOKENIZERS, UNK, tokenizer
 
 __all__ = ["Vocab", "TOKENIZERS", "tokenizer", "pad_collate", "BucketBatchSampler", "bucket_loader", "PAD", "UNK"]
@@ -97,6 +97,10 @@ class BucketBatchSampler(BatchSampler):
     by length inside the pool and cut into batches; for a shuffling sampler the batches of a pool are then yielded
     in an order seeded by ``seed`` and the sampler's epoch. ``skip`` batches are left out once, at the start of the
     next pass (a run resumed mid-epoch).
+
+    For evaluation (``shuffle=False``) the ``DistributedSampler`` Lightning puts in under DDP is read without its
+    padding (it repeats examples so that every rank has as many, and val/test metrics would count them twice):
+    each example once over the ranks, as ``datamodules._base.EvalShard`` gives them.
     """
 
     def __init__(
@@ -117,9 +121,21 @@ class BucketBatchSampler(BatchSampler):
         start, self.skip = self.skip, 0
         return itertools.islice(self._batches(), start, None)
 
+    def __len__(self) -> int:
+        n = len(self._indices()) if self._unpadded() else len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _unpadded(self) -> bool:
+        s = self.sampler
+        return not self.shuffle and isinstance(s, DistributedSampler) and not s.shuffle
+
+    def _indices(self) -> list[int]:
+        s = self.sampler
+        return list(unpadded_share(len(s.dataset), s.num_replicas, s.rank) if self._unpadded() else s)
+
     def _batches(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(self.seed + getattr(self.sampler, "epoch", 0))
-        indices = list(self.sampler)
+        indices = self._indices()
         pool = self.batch_size * self.pool_factor
         for start in range(0, len(indices), pool):
             chunk = sorted(indices[start : start + pool], key=lambda i: self.lengths[i])

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image, UnidentifiedImageError
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms.v2 import functional as TF
 
@@ -52,6 +53,7 @@ class ImageClassifier(Task):
     tta_modes = ("flip",)  # test-time augmentation: the mean of the probabilities of the image and its mirror
     tta: str | None = None  # off unless asked for (zoo evaluate / predict --tta flip): never in a headline figure
     weights_kwargs = ("num_classes", "in_chans", "net_kwargs")  # what rebuilds the net of published weights
+    data_kwargs = ("classes", "preprocessing")  # what setup takes from the data besides
     remappable = ("num_classes",)  # another number of classes resets the classifier
     indexed_params = {"head.weight": ("classes", (0,)), "head.bias": ("classes", (0,))}
 
@@ -119,6 +121,7 @@ class ImageClassifier(Task):
         for stage in ("val", "test"):
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
             setattr(self, f"{stage}_acc5", MulticlassAccuracy(num_classes, top_k=k5, average="micro"))
+            setattr(self, f"{stage}_mean_loss", MeanMetric())  # summed over DDP ranks (see Tagger._eval_step)
 
     def setup(self, stage: str) -> None:
         """Refuse data the net cannot fit: another number of classes or of image channels than it was built for.
@@ -195,7 +198,9 @@ class ImageClassifier(Task):
         acc, acc5 = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_acc5")
         acc(logits, y)
         acc5(logits, y)
-        self.log(f"{stage}_loss", self._loss(logits, y), sync_dist=True)
+        mean_loss = getattr(self, f"{stage}_mean_loss")
+        mean_loss.update(self._loss(logits, y), len(y))
+        self.log(f"{stage}_loss", mean_loss)
         self.log(f"{stage}_acc", acc, prog_bar=True)
         self.log(f"{stage}_acc5", acc5)
 

@@ -151,6 +151,8 @@ class SequenceClassifier(TextTask):
                 setattr(self, f"{stage}_acc", MulticlassAccuracy(n, average="micro", ignore_index=IGNORE))
                 if stage != "train":
                     setattr(self, f"{stage}_f1", MulticlassF1Score(n, average="macro", ignore_index=IGNORE))
+            if stage != "train":
+                setattr(self, f"{stage}_mean_loss", MeanMetric())  # summed over DDP ranks (see Tagger._eval_step)
 
     def setup(self, stage: str) -> None:
         """Take the vocabulary, classes and objective from the DataModule (first fit), or check that they agree
@@ -213,7 +215,10 @@ class SequenceClassifier(TextTask):
                 getattr(self, f"{stage}_f1").update(preds, target)
                 self.log(f"{stage}_f1", getattr(self, f"{stage}_f1"), batch_size=n)
         train = stage == "train"
-        self.log(f"{stage}_loss", loss, prog_bar=train, sync_dist=not train, batch_size=n)
+        if not train:
+            mean_loss = getattr(self, f"{stage}_mean_loss")
+            mean_loss.update(loss.detach(), n)
+        self.log(f"{stage}_loss", loss if train else mean_loss, prog_bar=train, batch_size=n)
         self.log(f"{stage}_acc", acc, prog_bar=not train, on_step=False, on_epoch=True, batch_size=n)
         return loss
 

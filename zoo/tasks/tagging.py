@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.contract import MAX_WORD_LEN, UNK_ID, TaggingData, settings
@@ -152,6 +153,7 @@ class Tagger(Task):
         self.chunked = is_chunk_tagset(list(h.tags))
         for stage in ("val", "test"):
             setattr(self, f"{stage}_acc", MulticlassAccuracy(len(h.tags), average="micro", ignore_index=-1))
+            setattr(self, f"{stage}_mean_loss", MeanMetric())
             if self.chunked:
                 setattr(self, f"{stage}_spans", SpanF1(list(h.tags)))
 
@@ -204,7 +206,12 @@ class Tagger(Task):
         getattr(self, f"{stage}_acc").update(pred.flatten(), tags.flatten())
         if self.chunked:
             getattr(self, f"{stage}_spans").update(pred.clamp(min=0), tags.clamp(min=0), lengths)
-        self.log(f"{stage}_loss", loss, sync_dist=True, batch_size=len(words))
+        # a torchmetrics mean, whose sums are added over the DDP ranks: Lightning's sync_dist averages its integer
+        # count of examples across ranks with truncation (41 on 2 ranks counts as 40) when the ranks hold unequal
+        # shares, as evaluation shards do (datamodules._base.EvalShard)
+        mean_loss = getattr(self, f"{stage}_mean_loss")
+        mean_loss.update(loss.detach(), len(words))
+        self.log(f"{stage}_loss", mean_loss, batch_size=len(words))
         return pred
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
