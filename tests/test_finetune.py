@@ -179,12 +179,40 @@ def test_a_bare_tag_names_the_models_weights():
         ImageClassifier(arch="resnet20", pretrained="imagenet")
 
 
-def test_a_frozen_backbone_under_ddp_is_refused(cifar_dir, tmp_path):
-    model = zoo.create_model("lenet5", freeze="backbone")
+class EpochStates(L.Callback):
+    """Saves each rank's net state at the end of every training epoch, as ``rank<r>_epoch<e>.pt`` in ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        state = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
+        torch.save(state, self.folder / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt")
+
+
+def test_a_frozen_backbone_under_ddp_trains_the_head_then_everything(cifar_dir, tmp_path):
+    """Two DDP processes (each reads its own half of the data): in epoch 0 the frozen backbone stays exactly as it
+    started on both ranks while the head trains; from unfreeze_epoch 1 the backbone trains too, and the ranks hold
+    the same weights throughout (a backbone unfrozen after DDP wrapped the model would train on each rank's own
+    gradients: the model is wrapped anew)."""
+    L.seed_everything(0)
+    model = zoo.create_model("lenet5", freeze="backbone", unfreeze_epoch=1, lr=0.05, schedule="constant")
+    start = {k: v.clone() for k, v in model.net.state_dict().items()}
     dm = CIFAR10DataModule(data_dir=str(cifar_dir), num_images=(N_TRAIN, N_TEST), val_size=40, num_workers=0)
-    trainer = quiet_trainer(tmp_path, strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=1)
-    with pytest.raises(Exception, match="not supported with 2 processes"):
-        trainer.fit(model, dm)
+    ddp = {"strategy": "ddp_fork", "accelerator": "cpu", "devices": 2}
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=1, callbacks=[EpochStates(tmp_path)], **ddp
+    )
+    trainer.fit(model, dm)
+    states = {(r, e): torch.load(tmp_path / f"rank{r}_epoch{e}.pt", weights_only=True) for r in (0, 1) for e in (0, 1)}
+    backbone = [k for k in start if not model.is_head(k)]
+    assert backbone and len(backbone) < len(start)
+    for key, state in states.items():
+        assert all(torch.equal(state[k], states[0, key[1]][k]) for k in start), f"the ranks disagree at {key}"
+    assert all(torch.equal(states[r, 0][k], start[k]) for r in (0, 1) for k in backbone)
+    assert not torch.equal(states[0, 0]["head.weight"], start["head.weight"])
+    assert all(not torch.equal(states[0, 1][k], states[0, 0][k]) for k in backbone)
+    assert all(p.requires_grad for p in model.net.parameters())
 
 
 def test_image_classes_the_weights_know_keep_their_rows(tmp_path):

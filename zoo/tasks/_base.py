@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from zoo._registry import check_task
+from zoo.tasks._distributed import build_described_net, describe_net, refuse_sync_batchnorm_off_gpu, rewrap
 from zoo.tasks._optim import LENGTHLESS, OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule, check_choice
 from zoo.tasks._precision import PrecisionGuard
 from zoo.weights import Weights, load_into, weights_for
@@ -45,6 +46,7 @@ class Task(L.LightningModule):
     # (fractions such as accuracy x100; BLEU, already 0-100, x1; a loss in nats x100, so a point is 0.01 nats)
     points_per_unit: float = 100.0
     weights_kwargs: tuple[str, ...] = ()  # hyperparameters that rebuild the net of published weights
+    data_kwargs: tuple[str, ...] = ()  # others that setup takes from the data (a state dict records both)
     head_prefixes: tuple[str, ...] = ("head.",)  # net parameters trained from scratch when fine-tuning
     _frozen: bool = False
     # net embeddings that gained rows the published weights lack -> which of their rows the weights know (dim 0)
@@ -194,13 +196,14 @@ class Task(L.LightningModule):
                     f"{type(cb).__name__} copied {type(self).__name__} before its net was built from the data, so it "
                     "would average nothing and save an empty checkpoint: it works with the image tasks, not yet here"
                 )
-        if self.hparams.get("freeze") and self.trainer.world_size > 1:
-            # DDP expects a gradient for every parameter it wrapped; one frozen afterwards would stall its reduction
-            # (or, with find_unused_parameters, get zero gradients that weight decay and momentum still act on)
-            raise ValueError(
-                f"--model.freeze is not supported with {self.trainer.world_size} processes yet: fine-tune the head on "
-                "one device, or train everything with a smaller backbone learning rate (--model.backbone_lr_mult 0.1)"
-            )
+
+    def configure_model(self) -> None:
+        """Before the strategy wraps the model (``zoo.tasks._distributed``): refuse SyncBatchNorm off GPUs, and
+        freeze the backbone (DDP then leaves out what does not train)."""
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            refuse_sync_batchnorm_off_gpu(self)
+            if self.backbone_frozen(self.current_epoch) != self._frozen:
+                self._set_frozen(not self._frozen)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """Seed this batch's randomness (dropout ...) from (run seed, epoch, batch, rank), so that a run resumed
@@ -211,6 +214,7 @@ class Task(L.LightningModule):
         frozen = self.backbone_frozen(self.current_epoch)
         if frozen != self._frozen:
             self._set_frozen(frozen)
+            rewrap(self)  # DDP reduces the gradients of what trained when it wrapped the model
 
     def train(self, mode: bool = True):
         """As ``nn.Module.train``, but a frozen backbone keeps its batch-norm statistics (eval mode)."""
@@ -269,6 +273,14 @@ class Task(L.LightningModule):
         both hold with two values is an error there."""
         self.hparams.update(values)
         self._hparams_initial.update(values)
+
+    def _save_to_state_dict(self, destination, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        describe_net(self, destination, prefix)  # rank 0's net reaches the caller of ddp_spawn (zoo.tasks._distributed)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args) -> None:
+        build_described_net(self, state_dict, prefix, local_metadata)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         dm = self.datamodule
