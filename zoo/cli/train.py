@@ -315,6 +315,17 @@ USER_ERRORS = (
 )
 
 
+def _worker_error(e: Exception) -> Exception:
+    """The error a worker of ``ddp_spawn`` / ``ddp_fork`` raised, rebuilt from the last line of its traceback: torch
+    hands the caller a ``ProcessRaisedException`` whose message is the whole traceback."""
+    lines = str(e).strip().splitlines()
+    if type(e).__name__ != "ProcessRaisedException" or ": " not in lines[-1]:
+        return e
+    name, message = lines[-1].split(": ", 1)
+    known = {c.__name__: c for c in USER_ERRORS if c is not ArgumentError}  # each takes a message alone
+    return known.get(name.rsplit(".", 1)[-1], type(name.rsplit(".", 1)[-1], (Exception,), {}))(message)
+
+
 def _finish_wandb(exit_code: int) -> None:
     """Close a W&B run before the last line is printed, so that W&B's own lines do not come after it."""
     wandb = sys.modules.get("wandb")
@@ -366,6 +377,7 @@ def _run(args: list[str], from_command_line: bool, debug: bool) -> int:
     except Exception as e:
         if debug:
             raise
+        e = _worker_error(e)
         status = 2 if isinstance(e, USER_ERRORS) else 1
         _finish_wandb(status)
         kind = "" if isinstance(e, (*USER_ERRORS, DivergenceError)) else f"{type(e).__name__}: "
