@@ -283,3 +283,36 @@ def markdown_table(cells: list[Cell]) -> str:
         row = [at[m, p].short if (m, p) in at else "" for p in precisions]
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/precision_matrix.py [--device cpu] [--models NAME ...] [--precisions P ...]``: the matrix
+    as a markdown table (the README's), each cell's time and notes on stderr as it runs; exit 1 if a cell failed."""
+    import argparse
+    import logging
+    import sys
+    import tempfile
+
+    ap = argparse.ArgumentParser(description="the precision matrix: one training step per model and precision")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", nargs="+", default=None, help="default: every registered model")
+    default = [*PRECISIONS, FP16_AMP]
+    ap.add_argument("--precisions", nargs="+", default=default, help=f"default: {' '.join(default)}")
+    args = ap.parse_args(argv)
+    for logger in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    cells = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models or zoo.list_models():
+            for precision in args.precisions:
+                cell = run_cell(name, precision, ToyData(Path(tmp)), args.device)
+                print(f"{name:20s} {precision:16s} {cell.seconds:6.2f}s {cell.short}; {'; '.join(cell.notes)}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                cells.append(cell)
+    print(markdown_table(cells))
+    return int(any(c.status == "fail" for c in cells))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -71,7 +71,7 @@ def test_skipped_steps_counted_from_the_scale():
     assert "first 2 optimiser step(s) were skipped" in message and "65536 to 16384" in message
     assert s.observe(16384.0, 16384.0) is None and s.summary() is None  # said once; nothing more to say
     s.observe(16384.0, 8192.0)  # a later overflow: said at the end of the run
-    assert s.skipped == 3 and "1 of 5 optimiser steps after the first were skipped" in s.summary()
+    assert s.skipped == 3 and "1 of 5 optimiser steps were skipped after the first one that went through" in s.summary()
     never = SkippedSteps()
     for scale in (65536.0, 32768.0):
         never.observe(scale, scale / 2)
@@ -158,3 +158,23 @@ def test_recurrent_models_under_bf16_mixed_on_an_avx2_cpu(tmp_path):
     cells = json.loads(res.stdout.strip().splitlines()[-1])
     assert sorted(cells) == TEXT_MODELS
     assert all(v == "pass" for v in cells.values()), cells
+
+
+def test_real_fp16_autocast_on_cpu_through_train_py(cifar_dir, tmp_path, monkeypatch, recwarn):
+    """Lightning runs ``--trainer.precision 16-mixed`` as bf16 on CPU; the README's plugin flags give real float16
+    autocast with a GradScaler through train.py: ResNet-20 overflows float16 in its first steps, and the skipped
+    steps are announced."""
+    from conftest import FIXTURE_ARGS
+
+    from zoo.cli.train import main
+
+    monkeypatch.setenv("ZOO_RUN_DIR", "")
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    plugin = ["--trainer.plugins", "lightning.pytorch.plugins.MixedPrecision", "--trainer.plugins.precision"]
+    plugin += ["16-mixed", "--trainer.plugins.device", "cpu"]
+    data = ["--data", "cifar10", "--data.data_dir", str(cifar_dir), *FIXTURE_ARGS, "--data.batch_size", "4"]
+    quiet = ["--trainer.fast_dev_run", "3", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    assert main(["fit", "--model", "resnet20", *data, *plugin, *quiet, "--run_root", str(tmp_path / "runs")]) == 0
+    said = [str(w.message) for w in recwarn if "were skipped" in str(w.message)]
+    assert len(said) == 1 and "float16 gradients overflowed" in said[0], said  # said once, at the end here
+    assert not any("Using `precision='bf16-mixed'` instead" in str(w.message) for w in recwarn)

@@ -88,9 +88,10 @@ class SkippedSteps:
             )
         if self.later:
             return (
-                f"{self.later} of {self.steps} optimiser steps after the first were skipped: their float16 gradients "
-                "overflowed (the GradScaler lowered its scale each time). A few are normal; many mean the loss or the "
-                "gradients are too large for float16: clip gradients, lower --model.lr, or use bf16-mixed"
+                f"{self.later} of {self.steps} optimiser steps were skipped after the first one that went through: "
+                "their float16 gradients overflowed (the GradScaler lowered its scale each time). A few are normal; "
+                "many mean the loss or the gradients are too large for float16: clip gradients, lower --model.lr, or "
+                "use --trainer.precision bf16-mixed"
             )
         return None
 
