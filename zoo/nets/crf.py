@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from zoo.nets._scan import time_scan
+
 __all__ = ["CRF", "scheme_constraints", "SCHEMES"]
 
 SCHEMES = ("BIO", "IOB1", "BIOES", "BILOU")
@@ -226,6 +228,39 @@ class CRF(nn.Module):
         paths = torch.stack(path[::-1], 1)
         valid = torch.arange(T, device=e.device)[None] < lengths[:, None]
         return _restore(paths.masked_fill(~valid, pad), order, 1, pad)
+
+    def viterbi(self, emissions: torch.Tensor, lengths: torch.Tensor, pad: int = -1) -> torch.Tensor:
+        """:meth:`decode` for a mask of lengths (each sequence's first ``lengths[b]`` positions): the same paths
+        without the compaction's sort, which ONNX cannot export (``Sort`` with an out parameter). Both recursions
+        are :func:`~zoo.nets._scan.time_scan` loops, so ``torch.export`` keeps the length dynamic."""
+        if emissions.dim() != 3 or emissions.shape[-1] != self.num_tags:
+            raise ValueError(f"emissions must be (batch, time, {self.num_tags}); got {tuple(emissions.shape)}")
+        lengths = lengths.to(emissions.device)
+        if not torch.compiler.is_compiling() and bool((lengths < 1).any()):
+            raise ValueError("a sequence has length 0: every sequence needs one token or more")
+        # Tags have no gradient, and a scan with gradients would need one for its integer outputs (torch fails)
+        trans, start, end = (p.detach() for p in self._potentials())
+        e = emissions.detach().float().transpose(0, 1)  # (T, B, K)
+        T, B, K = e.shape
+        steps = torch.arange(T, device=e.device)[:, None]
+        valid, first = steps < lengths[None], (steps == 0)[..., None]  # (T, B), (T, 1, 1)
+        stay = torch.arange(K, device=e.device).expand(B, K)
+
+        # Every step is one loop body, the first too (start scores, no previous tag): a loop from step 1 would slice
+        # the length, and export then guards it to >= 3.
+        def forward(score, e_t, live_t, first_t):
+            best, idx = (score[:, :, None] + trans[None]).max(1)  # (B, K): the best previous tag of each tag
+            score = torch.where(live_t, torch.where(first_t, start + e_t, best + e_t), score)
+            return score, torch.where(live_t & ~first_t, idx, stay)  # a finished sequence keeps its last tag
+
+        score, (pointers,) = time_scan(forward, torch.zeros_like(e[0]), (e, valid[..., None], first))
+        last = (score + end).argmax(1)  # (B,) the best final tag
+
+        def back(state, ptr):  # the tag at step t, and from its pointers the tag at t - 1
+            return ptr.gather(1, state[:, None]).squeeze(1), state.clone()
+
+        _, (paths,) = time_scan(back, last, (pointers,), reverse=True)  # (T, B)
+        return paths.masked_fill(~valid, pad).transpose(0, 1)
 
     def topk(
         self, emissions: torch.Tensor, mask: torch.Tensor | None = None, k: int = 1, pad: int = -1

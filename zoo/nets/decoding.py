@@ -23,8 +23,9 @@ __all__ = ["Decodable", "Hypothesis", "length_penalty", "greedy", "beam_search"]
 
 class Decodable(Protocol):
     """What a search needs of an encoder-decoder (``zoo.nets.seq2seq.Seq2SeqNet`` has it): the source encoded once
-    (``encode`` -> memory with ``select``, initial decoder state), decoder steps run on given tokens (``_run`` ->
-    logits (B, T, V), state, input feed, attention (B, T, S) or None), and its special ids."""
+    (``encode`` -> memory with ``select``, initial decoder state), one decoder step on the previous tokens (``step``
+    -> log-probabilities (B, V) without PAD and BOS, state, input feed, attention (B, S) or None), and its special
+    ids."""
 
     pad_id: int
     bos_id: int
@@ -35,7 +36,7 @@ class Decodable(Protocol):
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[Any, Any]: ...
 
-    def _run(self, tokens: torch.Tensor, state, feed: torch.Tensor | None, memory) -> tuple: ...
+    def step(self, tokens: torch.Tensor, state, feed: torch.Tensor | None, memory) -> tuple: ...
 
     def _feed0(self, memory) -> torch.Tensor | None: ...
 
@@ -70,14 +71,11 @@ def _limits(net: Decodable, src_lengths: torch.Tensor, max_len_a: float, max_len
 def _step_log_probs(net: Decodable, tokens, state, feed, memory, at_limit: torch.Tensor):
     """One decoder step for ``tokens`` (N,): log-probabilities (N, V) in fp32, with only EOS left where the
     sentence is ``at_limit`` (N,). PAD and BOS are never output."""
-    logits, state, feed, w = net._run(tokens[:, None], state, feed, memory)
-    logits = logits[:, 0].float()
-    logits[:, [net.pad_id, net.bos_id]] = float("-inf")
-    lp = logits.log_softmax(-1)
+    lp, state, feed, w = net.step(tokens, state, feed, memory)
     eos_only = torch.full_like(lp[0], float("-inf"))
     eos_only[net.eos_id] = 0.0
     lp = torch.where(at_limit[:, None], eos_only, lp)
-    return lp, state, feed, None if w is None else w[:, 0]
+    return lp, state, feed, w
 
 
 @torch.no_grad()

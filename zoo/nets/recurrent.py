@@ -3,7 +3,9 @@
 Each layer is PyTorch's fused ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` (cuDNN on GPUs, oneDNN on CPUs): the time
 loop never runs in Python on the default path. Layers are kept as separate modules so that dropout and optional
 residual connections (Wu et al. 2016, GNMT) can sit between them. Variable-length batches are packed, so a padded
-sequence gives the same outputs and final state as the same sequence alone.
+sequence gives the same outputs and final state as the same sequence alone. ``torch.export`` cannot trace packing
+(its sizes are data): there, padded batches take ``zoo.nets.masked_rnn.masked_recurrence``, the same function
+without packing.
 
 Initialisation, each configurable (the defaults are the literature's, not PyTorch's uniform init):
 - recurrent weights orthogonal per gate block (Saxe et al. 2014), or the identity for relu RNNs (IRNN,
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from zoo._registry import register_model
+from zoo.nets.masked_rnn import cell_step, masked_recurrence
 
 __all__ = ["RecurrentEncoder", "RecurrentClassifier", "RecurrentLM", "CELLS", "RECURRENT_INITS", "POOLINGS"]
 
@@ -50,7 +53,13 @@ class RecurrentEncoder(nn.Module):
         batch_first: ``(B, T, ...)`` inputs and outputs, else ``(T, B, ...)``.
         forget_bias: initial LSTM forget-gate bias.
         recurrent_init: ``orthogonal``, ``identity`` (relu RNNs: IRNN) or ``default`` (PyTorch's uniform).
+
+    ``masked`` (an attribute, off): padded batches run through ``masked_recurrence`` instead of packing, the
+    path ``torch.export`` traces (it is taken there whatever the attribute); ``zoo.nets.masked_rnn.use_masked`` sets
+    it on a net.
     """
+
+    masked = False
 
     def __init__(
         self,
@@ -162,21 +171,27 @@ class RecurrentEncoder(nn.Module):
         for i, (layer, hx) in enumerate(zip(self.layers, self._split_state(state))):
             if i > 0:
                 x = self.dropout(x)
-            inp = x
-            if lengths is not None:
-                inp = pack_padded_sequence(x, lengths.cpu(), batch_first=self.batch_first, enforce_sorted=False)
             if cpu_autocast:  # oneDNN's bf16 LSTM needs AVX-512 and fails elsewhere (pytorch #88136): fp32 here
                 if hx is not None:  # a state computed under autocast (a seq2seq bridge) is bf16 too
                     hx = tuple(h.float() for h in hx) if isinstance(hx, tuple) else hx.float()
                 with torch.autocast("cpu", enabled=False):
-                    out, hn = layer(inp.float(), hx)
+                    out, hn = self._layer(layer, x.float(), lengths, hx, total)
             else:
-                out, hn = layer(inp, hx)
-            if lengths is not None:
-                out, _ = pad_packed_sequence(out, batch_first=self.batch_first, total_length=total)
+                out, hn = self._layer(layer, x, lengths, hx, total)
             x = out + x if self.residual and i > 0 else out
             states.append(hn)
         return x, self._join_state(states)
+
+    def _layer(self, layer: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None, hx, total: int):
+        """One fused layer over a padded batch: packed (training and inference), or masked when ``masked`` is set
+        or ``torch.export`` traces (it cannot trace packing)."""
+        if lengths is None:
+            return layer(x, hx)
+        if self.masked or torch.compiler.is_exporting():
+            return masked_recurrence(layer, x, lengths, hx)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=self.batch_first, enforce_sorted=False)
+        out, hn = layer(packed, hx)
+        return pad_packed_sequence(out, batch_first=self.batch_first, total_length=total)[0], hn
 
     def unrolled_states(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The forward pass in a Python time loop, from the fused layers' weights (eval-mode: no dropout), for
@@ -206,21 +221,10 @@ class RecurrentEncoder(nn.Module):
         h = x.new_zeros(B, self.hidden_size)
         c = torch.zeros_like(h)
         gi_all = F.linear(x, w["weight_ih"], w["bias_ih"])  # (B, T, G*H), input projections for every step
-        act = torch.relu if self.nonlinearity == "relu" else torch.tanh
+        kind = self.nonlinearity if self.cell == "rnn" else self.cell
         steps = []
         for t in range(T):
-            gi, gh = gi_all[:, t], F.linear(h, w["weight_hh"], w["bias_hh"])
-            if self.cell == "rnn":
-                h = act(gi + gh)
-            elif self.cell == "lstm":
-                i, f, g, o = (gi + gh).chunk(4, -1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-            else:
-                ir, iz, in_ = gi.chunk(3, -1)
-                hr, hz, hn = gh.chunk(3, -1)
-                r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
-                h = (1 - z) * torch.tanh(in_ + r * hn) + z * h
+            h, c = cell_step(kind, gi_all[:, t], F.linear(h, w["weight_hh"], w["bias_hh"]), h, c)
             steps.append(h)
         return steps
 

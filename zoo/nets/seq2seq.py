@@ -215,6 +215,16 @@ class Seq2SeqNet(nn.Module):
             weights = None if self.attention is None else torch.cat(ws, 1)
         return self.out(self.dropout(h_att)), state, feed, weights
 
+    def step(self, tokens: torch.Tensor, state, feed: torch.Tensor | None, memory: Memory):
+        """One decoder step for the previous tokens ``tokens`` (B,): ``(log_probs (B, V) fp32, state, feed,
+        attention (B, S) or None)``. PAD and BOS get probability 0 (they are never output); what a search does
+        with the rest (EOS at a length limit, beams) is its own (``zoo.nets.decoding``)."""
+        logits, state, feed, w = self._run(tokens[:, None], state, feed, memory)
+        never = torch.zeros(self.tgt_vocab_size, dtype=torch.bool, device=logits.device)
+        never[[self.pad_id, self.bos_id]] = True
+        log_probs = logits[:, 0].float().masked_fill(never, float("-inf")).log_softmax(-1)
+        return log_probs, state, feed, None if w is None else w[:, 0]
+
     def _feed0(self, memory: Memory) -> torch.Tensor | None:
         return memory.outputs.new_zeros(memory.outputs.shape[0], self.hidden_size) if self.input_feeding else None
 

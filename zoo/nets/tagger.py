@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from zoo._registry import register_model
 from zoo.nets.casing import CASES
 from zoo.nets.crf import CRF, scheme_constraints
+from zoo.nets.masked_rnn import masked_recurrence
 from zoo.nets.recurrent import CELLS, RecurrentEncoder, _choice
 
 __all__ = ["SequenceTagger", "OUTPUTS", "CHAR_ENCODERS"]
@@ -26,7 +27,13 @@ CHAR_ENCODERS = ("lstm", "cnn", "none")
 
 
 class CharEncoder(nn.Module):
-    """One vector per word from its characters ``(B, T, C)`` (0 = padding)."""
+    """One vector per word from its characters ``(B, T, C)`` (0 = padding, after each word's characters).
+
+    The default path reads only the words that have characters (boolean indexing, packed). ``masked`` (set by
+    ``zoo.nets.masked_rnn.use_masked``, and taken whenever ``torch.export`` traces, which cannot trace either) reads
+    every position with masked steps instead: the same vectors, zeros where a word has no character."""
+
+    masked = False
 
     def __init__(self, num_chars: int, kind: str, char_dim: int, hidden: int) -> None:
         super().__init__()
@@ -43,6 +50,8 @@ class CharEncoder(nn.Module):
         B, T, C = chars.shape
         flat = chars.reshape(B * T, C)
         lengths = (flat != 0).sum(1)
+        if self.masked or torch.compiler.is_exporting():
+            return self._masked(flat, lengths).view(B, T, -1)
         out = flat.new_zeros(B * T, self.output_size, dtype=self.embedding.weight.dtype)
         words = lengths > 0  # padding positions have no characters
         if not bool(words.any()):
@@ -59,6 +68,15 @@ class CharEncoder(nn.Module):
         out = out.to(feats.dtype)
         out[words] = feats
         return out.view(B, T, -1)
+
+    def _masked(self, flat: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``(N, C)`` character ids -> ``(N, output_size)``, every word read, no data-dependent shape."""
+        x = self.embedding(flat)  # (N, C, E)
+        if self.kind == "lstm":
+            _, (h, _) = masked_recurrence(self.rnn, x, lengths)  # a word without characters keeps the zero state
+            return torch.cat([h[0], h[1]], -1)
+        conv = self.conv(x.transpose(1, 2)).masked_fill((flat == 0)[:, None], float("-inf"))  # (N, H, C)
+        return torch.where((lengths > 0)[:, None], conv.amax(-1), 0.0)
 
 
 class SequenceTagger(nn.Module):
@@ -151,10 +169,9 @@ class SequenceTagger(nn.Module):
 
     def decode(self, emissions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Best tags ``(B, T)``, -1 after each sentence's end."""
-        mask = _mask(lengths, emissions)
         if self.crf is None:
-            return emissions.argmax(-1).masked_fill(~mask, -1)
-        return self.crf.decode(emissions, mask)
+            return emissions.argmax(-1).masked_fill(~_mask(lengths, emissions), -1)
+        return self.crf.viterbi(emissions, lengths)  # lengths mask a prefix: no compaction (exportable)
 
 
 def _mask(lengths: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
