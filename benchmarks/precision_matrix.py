@@ -172,12 +172,12 @@ def tiny_model(name: str) -> L.LightningModule:
 
 
 class _Watch(L.Callback):
-    """Keeps the weights at the start of training and counts optimiser steps the GradScaler let through."""
+    """Keeps the weights at the start of training; with ``until_a_step``, stops the run once they have moved (the
+    GradScaler let a step through)."""
 
     def __init__(self, until_a_step: bool) -> None:
         self.until_a_step = until_a_step
         self.before: dict[str, torch.Tensor] = {}
-        self.taken = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.before = {k: p.detach().clone() for k, p in pl_module.named_parameters()}
