@@ -1,5 +1,5 @@
 """The ``zoo`` console script: ``list``, ``info`` (model cards), ``predict``, ``evaluate``, ``verify``, ``publish``,
-``readme``."""
+``export`` (``zoo.cli.export``), ``readme``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from datamodules import DatasetError
 from datamodules.contract import open_image
 from zoo.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from zoo.cli.card import model_card
+from zoo.cli.export import add_parser as add_export_parser
 from zoo.cli.readme import render_readme
 from zoo.weights import PretrainedError, checkpoint_dir, find_weights, local_places, read_manifest, sha256_of
 from zoo.weights.manifest import MANIFEST
@@ -341,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         help="checkpoints of the same recipe with other seeds: their test metric is recorded beside (mean, std)",
     )
     p.set_defaults(fn=_publish)
+    add_export_parser(sub, common)
     p = sub.add_parser(
         "readme", parents=[common], help="regenerate the README's model and weights tables from registry and manifest"
     )
