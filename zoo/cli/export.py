@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["add_parser", "run"]
@@ -12,8 +13,9 @@ __all__ = ["add_parser", "run"]
 FORMATS = ("onnx", "torch")  # as zoo.export.FORMATS; zoo.export is imported when the command runs, not before
 
 
-def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    """The ``export`` subcommand of the ``zoo`` console script."""
+def add_parser(sub, common: argparse.ArgumentParser, resolve: Callable[[str], tuple[str, Callable]]) -> None:
+    """The ``export`` subcommand of the ``zoo`` console script; ``resolve`` reads NAME as ``zoo predict`` does
+    (weights, a model with one set, a ``.ckpt``, ``wandb:``) into its model and a function that loads it."""
     p = sub.add_parser(
         "export",
         parents=[common],
@@ -22,7 +24,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="published weights (resnet20.cifar10), a model with one set, or a train.py .ckpt")
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx (onnxruntime-checked) or torch (.pt2)")
     p.add_argument("--out", default=None, help="folder of the files (default: exports/<name>/)")
-    p.set_defaults(fn=run)
+    p.set_defaults(fn=run, resolve=resolve)
 
 
 def _export_name(given: str, arch: str) -> str:
@@ -37,10 +39,9 @@ def _export_name(given: str, arch: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.cli.main import _model_for  # the same reading of NAME as predict (weights, model, .ckpt, wandb:)
     from zoo.export import ParityError, export_model
 
-    arch, load = _model_for(args.name)
+    arch, load = args.resolve(args.name)
     name = _export_name(args.name, arch)
     out = Path(args.out) if args.out else Path("exports") / name
     try:

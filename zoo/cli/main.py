@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         help="checkpoints of the same recipe with other seeds: their test metric is recorded beside (mean, std)",
     )
     p.set_defaults(fn=_publish)
-    add_export_parser(sub, common)
+    add_export_parser(sub, common, _model_for)
     p = sub.add_parser(
         "readme", parents=[common], help="regenerate the README's model and weights tables from registry and manifest"
     )
