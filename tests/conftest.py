@@ -266,3 +266,11 @@ def tagged_files(folder: Path, kind: str, words: list[tuple[str, str, str]] = TA
             rows = [f"{i}\t{w}\t_\t{pos}\t_\t_\t0\t_\t_\t_" for i, (w, pos, _) in enumerate(words, start=1)]
             (folder / f"x-ud-{split}.conllu").write_text(("\n".join(rows) + "\n\n") * 2)
     return folder
+
+
+def slow_except(values, fast, ids=None) -> list:
+    """``values`` as test parameters, those not in ``fast`` marked ``slow``: ``make test`` keeps a cheap
+    representative of a parametrized check, ``make test-all`` runs every case."""
+    return [
+        v if v in fast else pytest.param(v, marks=pytest.mark.slow, id=None if ids is None else ids(v)) for v in values
+    ]

@@ -149,6 +149,8 @@ REPO_MANIFEST = read_manifest()
 # DenseNet-BC-100 on the 10,000 test images (288 MFLOPs each, many small layers) runs past the 10-minute test limit
 # on an AVX2-only CPU (600 s measured, 2 cores, one training run beside it): `make test-all` re-measures it.
 SLOW_TO_MEASURE = {"densenet_bc_100_12.cifar10"}
+# and, to keep `make test` short, the entries whose measurement takes over ~30 s (test-all measures every entry)
+SLOW_TO_MEASURE |= {"resnet56.cifar10", "vgg11_bn.cifar10", "seq2seq_gru_attn.multi30k_de_en"}
 MEASURED = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_MEASURE else n for n in sorted(REPO_MANIFEST)]
 
 

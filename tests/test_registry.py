@@ -79,7 +79,14 @@ def _forward_backward(model, size: int, batch: int) -> None:
     assert model.net.forward_features(x).ndim == 2
 
 
-@pytest.mark.parametrize("name", NAMES, ids=NAMES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n.startswith("densenet") and n != "densenet_bc_100_12" else n
+        for n in NAMES
+    ],
+    ids=NAMES,
+)
 def test_forward_backward_32(name):
     _forward_backward(zoo.create_model(name, num_classes=7), 32, batch=2)
 
@@ -102,9 +109,9 @@ def test_in_chans_and_reset_classifier(name):
         assert net.num_classes == 3 and net.head(features).shape == (1, 3)
 
 
-# DenseNet-BC-250 (its 250 layers take ~30 s to trace) is exported in `make test-all`; DenseNet-BC-100 in both.
+# The DenseNets (DenseNet-BC-250's 250 layers take ~30 s to trace) are exported in `make test-all`.
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "densenet_bc_250_24" else n for n in NAMES], ids=NAMES
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("densenet") else n for n in NAMES], ids=NAMES
 )
 def test_torch_export(name):
     net = zoo.create_model(name).net.eval()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, lenet_args, run_train
+from conftest import ROOT, lenet_args, run_train, slow_except
 
 TESTS = str(ROOT / "tests")
 ENV = {"PYTHONPATH": f"{ROOT}:{TESTS}", "WANDB_MODE": "disabled"}
@@ -39,6 +39,7 @@ def ckpts(run: Path) -> list[str]:
     return sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) if (run / "checkpoints").is_dir() else []
 
 
+@pytest.mark.slow
 def test_a_failed_start_or_a_crash_leaves_nothing_that_resume_prefers(cifar_dir, tmp_path):
     run = tmp_path / "runs" / "lenet5-cifar10" / "version_0"
     short = ["--trainer.limit_train_batches", "3"]
@@ -83,6 +84,7 @@ def test_a_failed_start_or_a_crash_leaves_nothing_that_resume_prefers(cifar_dir,
     assert step_of(run / "checkpoints" / "last.ckpt") == 9
 
 
+@pytest.mark.slow
 def test_last_ckpt_is_at_most_one_epoch_or_n_steps_old(cifar_dir, tmp_path):
     run = tmp_path / "runs"
     # a plateau: with a learning rate of 1e-9 validation never improves after epoch 0
@@ -110,6 +112,7 @@ def test_last_ckpt_is_at_most_one_epoch_or_n_steps_old(cifar_dir, tmp_path):
     assert ckpts(run / "epochly" / "version_0") == []
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_model_or_other_options_and_never_goes_back(cifar_dir, tmp_path):
     short = ["--trainer.limit_train_batches", "3"]
     train(lenet(cifar_dir, *short, "--trainer.max_epochs", "2", "--model.lr", "0.02"), tmp_path)
@@ -139,6 +142,7 @@ def test_resume_refuses_another_model_or_other_options_and_never_goes_back(cifar
         assert step_of(run / "checkpoints" / "last.ckpt") == 6 and (run.parent / "version_1" / "checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_evaluating_a_checkpoint_rebuilds_its_model(names_dir, tmp_path):
     data = ["--data", "names", "--data.data_dir", str(names_dir), "--trainer.enable_progress_bar", "false"]
     sizes = ["--model.hidden_size", "12", "--model.net_kwargs.forget_bias", "2.0"]  # typed: 2.0 is a float here
@@ -156,7 +160,11 @@ def test_divergence_stops_the_run_and_keeps_nan_out_of_checkpoints(cifar_dir, tm
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(
+    "signum",
+    slow_except([signal.SIGINT, signal.SIGTERM], {signal.SIGTERM}, lambda s: s.name),
+    ids=["ctrl-c", "sigterm"],
+)
 def test_an_interrupted_run_resumes_exactly(signum, cifar_dir, tmp_path):
     two = ["--trainer.max_epochs", "2", "--data.cutout", "8"]  # 10 steps an epoch; crop, flip and cutout drawn
     train(lenet(cifar_dir, *two, "--run_name", "whole"), tmp_path)
@@ -209,11 +217,13 @@ def test_errors_in_what_the_user_passed_are_one_line(args, expected, cifar_dir, 
     assert len([line for line in res.stderr.splitlines() if "error" in line.lower()]) == 1
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(cifar_dir, tmp_path):
     res = train([*lenet(cifar_dir, "--trainer.fast_dev_run", "1"), "--model.lr", "-1", "--debug"], tmp_path, 1)
     assert "Traceback" in res.stderr and "lr must be > 0" in res.stderr
 
 
+@pytest.mark.slow
 def test_help_of_short_names_and_checkpointing_off(cifar_dir, tmp_path):
     assert "source_column" in train(["fit", "--data.help", "translation"], tmp_path).stdout
     assert "--model.lr" in train(["fit", "--model.help", "resnet20"], tmp_path).stdout

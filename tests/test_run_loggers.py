@@ -4,6 +4,7 @@ config and metadata in them, a resumed run going on in the same files (nothing o
 import csv
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import lenet_args, run_train
 
@@ -20,6 +21,7 @@ def lenet(cifar_dir, *args):
     return lenet_args(cifar_dir, "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps", "2", *args)
 
 
+@pytest.mark.slow
 def test_csv_logger_writes_into_the_run_folder_and_resume_appends(cifar_dir, tmp_path):
     res = train(["fit", *lenet(cifar_dir, "--trainer.max_epochs", "1", "--trainer.logger", "CSVLogger")], tmp_path)
     run = tmp_path / RUN
@@ -49,6 +51,7 @@ def test_tensorboard_logger_writes_into_the_run_folder(cifar_dir, tmp_path):
     assert {"val_acc", "grad_norm", "lr/weights", "samples_per_s"} <= set(tags), tags
 
 
+@pytest.mark.slow
 def test_w_and_b_beside_csv_when_both_are_listed(cifar_dir, tmp_path):
     both = ["--trainer.logger+=WandbLogger", "--trainer.logger+=CSVLogger"]
     train(["fit", *lenet(cifar_dir, "--trainer.max_epochs", "1", *both)], tmp_path)

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import quiet_trainer as trainer
-from conftest import run_train
+from conftest import run_train, slow_except
 
 import zoo
 from datamodules import DatasetError
@@ -294,6 +294,7 @@ def test_training_learns_a_toy_language_and_translates_raw_strings(toy_tsv, tmp_
         trainer(tmp_path).validate(model, toy_dm(toy_tsv, lowercase=True, tokenizer="bpe", bpe_vocab_size=50))
 
 
+@pytest.mark.slow
 def test_autoencoder_rebuilds_its_input_from_one_vector(toy_lines, toy_tsv, tmp_path):
     L.seed_everything(0)
     model = zoo.create_model("seq_autoencoder", embed_dim=32, hidden_size=32, dropout=0.0, lr=1e-2)
@@ -313,18 +314,19 @@ def train_py(name: str, data: list[str], tmp_path):
     assert f"run folder: runs/{name}-translation/version_0" in res.stdout
 
 
-@pytest.mark.parametrize("name", S2S_MODELS, ids=S2S_MODELS)
+@pytest.mark.parametrize("name", slow_except(S2S_MODELS, {"seq2seq_gru_attn"}, str))
 def test_train_py_seq2seq_models(name, toy_tsv, toy_lines, tmp_path):
     data = ["--data.source", str(toy_lines)] if name == "seq_autoencoder" else ["--data.path", str(toy_tsv)]
     train_py(name, [*data, "--data.min_freq", "1"], tmp_path)
 
 
-@pytest.mark.parametrize("name", S2S_MODELS, ids=S2S_MODELS)
+@pytest.mark.parametrize("name", slow_except(S2S_MODELS, {"seq2seq_gru_attn"}, str))
 def test_train_py_on_multi30k(name, real_data_dir, tmp_path):
     langs = ["--data.src_lang", "en"] if name == "seq_autoencoder" else []  # English in, English out
     train_py(name, ["--data.data_dir", str(real_data_dir), *langs], tmp_path)
 
 
+@pytest.mark.slow
 def test_published_translator_works_alone(toy_tsv, tmp_path, monkeypatch):
     """Weights published from a checkpoint translate raw strings with nothing else: the vocabularies travel in a
     sha256-checked file beside the weights."""
@@ -351,6 +353,7 @@ def test_published_translator_works_alone(toy_tsv, tmp_path, monkeypatch):
         zoo.load_pretrained("seq2seq_gru_attn.toy")
 
 
+@pytest.mark.slow
 def test_bf16_autocast_and_ddp(toy_tsv, tmp_path):
     """bf16-mixed trains (the recurrences stay fp32 on the CPU); two DDP processes train and validate."""
     L.seed_everything(0)

@@ -3,7 +3,7 @@
 import lightning as L
 import pytest
 import torch
-from conftest import SaveBatches, quiet_trainer, run_train
+from conftest import SaveBatches, quiet_trainer, run_train, slow_except
 
 import zoo
 from datamodules.names import NamesDataModule
@@ -128,7 +128,7 @@ def test_published_sequence_weights_work_alone(names_dir, tmp_path, monkeypatch)
     assert loaded.predict("Tanaka")[0][0][0] == model.eval().predict("Tanaka")[0][0][0]
 
 
-@pytest.mark.parametrize("name", SEQ_MODELS, ids=SEQ_MODELS)
+@pytest.mark.parametrize("name", slow_except(SEQ_MODELS, {"gru_classifier"}, str))
 def test_train_py_with_registry_names(name, names_dir, tmp_path):
     res = run_train(
         ["fit", "--model", name, "--data", "names", "--data.data_dir", str(names_dir), "--trainer.fast_dev_run", "1"],
@@ -138,6 +138,7 @@ def test_train_py_with_registry_names(name, names_dir, tmp_path):
     assert f"run folder: runs/{name}-names/version_0" in res.stdout
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_bucketed_batches(names_dir, tmp_path):
     """Under DDP Lightning puts a DistributedSampler inside the bucketing batch sampler: each rank reads its own
     shard, both ranks step the same number of times (or DDP would hang)."""

@@ -123,6 +123,7 @@ def _sweep(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Co
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_a_grid_runs_tabulates_groups_and_is_skipped_when_finished(cifar_dir, tmp_path):
     sweep = _tiny_sweep(tmp_path, cifar_dir)
     limits = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--wandb.media", "false"]

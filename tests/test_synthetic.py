@@ -73,6 +73,7 @@ def test_callback_records_and_logs(tmp_path, monkeypatch):
     assert list((tmp_path / "wandb").rglob("*.table.json")), f"no W&B table written under {files}"
 
 
+@pytest.mark.slow
 def test_train_py_memory_task_with_the_callback(tmp_path):
     res = run_train(
         [

@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import quiet_trainer as trainer
-from conftest import run_train
+from conftest import run_train, slow_except
 
 import zoo
 from datamodules import DatasetError
@@ -223,7 +223,7 @@ def test_train_py_taggers(name, conll_dir, tmp_path):
 
 
 @pytest.mark.parametrize("data", ["conll", "conllu"])
-@pytest.mark.parametrize("name", TAGGERS, ids=TAGGERS)
+@pytest.mark.parametrize("name", slow_except(TAGGERS, {"bilstm_crf"}, str))
 def test_train_py_taggers_on_real_data(name, data, real_data_dir, tmp_path):
     args = ["fit", "--model", name, "--data", data, "--data.data_dir", str(real_data_dir), "--model.hidden_size", "8"]
     res = run_train([*args, "--trainer.fast_dev_run", "2"], tmp_path)

@@ -96,6 +96,7 @@ def test_every_precision_trains_and_tests(cifar_dir, precision, tmp_path):
     assert torch.isfinite(trainer.callback_metrics["test_loss"])
 
 
+@pytest.mark.slow
 def test_ddp_spawn_two_cpu_processes(cifar_dir, tmp_path):
     """Two processes train, and each reads its own half of the training split (the zoo's sampler shards it)."""
     model = zoo.create_model("lenet5")
@@ -128,7 +129,7 @@ def test_every_task_checks_the_shared_training_values(name):
         zoo.create_model(name, schedule="step")
 
 
-@pytest.mark.parametrize("data", ["cifar10", "images", "cifar10-ddp"])
+@pytest.mark.parametrize("data", [pytest.param("cifar10", marks=pytest.mark.slow), "images", "cifar10-ddp"])
 def test_resume_mid_epoch_is_exact(cifar_dir, tmp_path, data):
     """Stopped after 3 batches of the second epoch and resumed from that checkpoint, the run ends with the weights
     of an unbroken one: the loader goes on at batch 4 with the same order and the same random crops, flips and

@@ -10,12 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import FIXTURE_ARGS, ROOT, pairs_tsv, run_train, tagged_files
+from conftest import FIXTURE_ARGS, ROOT, pairs_tsv, run_train, slow_except, tagged_files
 
 # train.py configs; configs/sweeps/ holds W&B sweep files, tested by test_sweeps.py
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "sweeps")
 RECIPES = [c for c in CONFIGS if "/trainer/" not in c and "/finetune/" not in c]  # fine-tuning: test_finetune.py
 PRESETS = [c for c in CONFIGS if "/trainer/" in c]
+# `make test` runs the cheap recipes and presets; the large CIFAR nets' recipes and the presets that only change the
+# device or the process count (run on CPU processes here) are in `make test-all`
+SLOW_CONFIGS = {f"configs/{n}.cifar10.yaml" for n in ("densenet_bc_100_12", "resnet56", "vgg11_bn")} | {
+    f"configs/trainer/{n}.yaml" for n in ("gpu", "ddp")
+}
 
 
 def fixture_args(cifar_dir: Path) -> list[str]:
@@ -38,7 +43,7 @@ def test_every_config_parses(config):
         assert arch in zoo.list_models()
 
 
-@pytest.mark.parametrize("config", RECIPES, ids=RECIPES)
+@pytest.mark.parametrize("config", slow_except(RECIPES, set(RECIPES) - SLOW_CONFIGS, str))
 def test_recipe_runs_fast_dev_run(config, cifar_dir, names_dir, text_path, tmp_path):
     args = ["fit", "--config", str(ROOT / config), "--config", str(ROOT / "configs/trainer/debug.yaml")]
     data = yaml.safe_load((ROOT / config).read_text())["data"]["class_path"].rsplit(".", 1)[1]
@@ -52,7 +57,7 @@ def test_recipe_runs_fast_dev_run(config, cifar_dir, names_dir, text_path, tmp_p
     ok(run_train(args + data_args, tmp_path))
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=PRESETS)
+@pytest.mark.parametrize("preset", slow_except(PRESETS, set(PRESETS) - SLOW_CONFIGS, str))
 def test_trainer_preset_runs(preset, cifar_dir, tmp_path):
     args = [
         "fit",
@@ -77,6 +82,7 @@ def test_trainer_preset_runs(preset, cifar_dir, tmp_path):
     ok(run_train(args + fixture_args(cifar_dir), tmp_path))
 
 
+@pytest.mark.slow
 def test_registry_names_and_class_names(cifar_dir, tmp_path):
     base = ["--trainer.fast_dev_run", "1", *fixture_args(cifar_dir)]
     ok(run_train(["fit", "--model", "resnet20", "--data", "cifar10", *base], tmp_path))
@@ -102,15 +108,19 @@ def test_registry_names_and_class_names(cifar_dir, tmp_path):
     "args,msg",
     [
         (["--model", "resnet21"], "unknown model 'resnet21'. Did you mean"),
-        (["--model", "resnet20", "--model.optimizer", "sgdd"], "optimizer must be one of sgd, adamw"),
-        (["--model", "resnet20", "--model.lr", "-1"], "lr must be > 0, got -1"),
-        (["--model", "resnet20", "--data.hflip", "1.5"], "hflip is a probability"),
-        (["--model", "resnet20", "--trainer.max_epochs", "two"], "max_epochs"),
-        (["--model", "resnet20", "--ckpt_path", "nope.ckpt"], "no such file"),
+        pytest.param(
+            ["--model", "resnet20", "--model.optimizer", "sgdd"],
+            "optimizer must be one of sgd, adamw",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(["--model", "resnet20", "--model.lr", "-1"], "lr must be > 0, got -1", marks=pytest.mark.slow),
+        pytest.param(["--model", "resnet20", "--data.hflip", "1.5"], "hflip is a probability", marks=pytest.mark.slow),
+        pytest.param(["--model", "resnet20", "--trainer.max_epochs", "two"], "max_epochs", marks=pytest.mark.slow),
+        pytest.param(["--model", "resnet20", "--ckpt_path", "nope.ckpt"], "no such file", marks=pytest.mark.slow),
         (["--model", "resnet20", "--ckpt_path", "last"], "no last.ckpt"),
     ],
     ids=["unknown-model", "bad-choice", "bad-lr", "bad-prob", "bad-type", "missing-ckpt", "no-last"],
-)
+)  # make test runs unknown-model and no-last; the others are marked slow below (each is a ~15 s subprocess)
 def test_bad_input_is_a_clear_error(args, msg, cifar_dir, tmp_path):
     res = run_train(
         ["fit", "--data", "cifar10", *args, "--trainer.fast_dev_run", "1", *fixture_args(cifar_dir)], tmp_path
@@ -175,6 +185,7 @@ def test_fit_resume_last_test_predict(cifar_dir, tmp_path):
     assert probs.shape == (40, 10) and torch.allclose(probs.sum(1), torch.ones(40))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resumes(cifar_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [
@@ -223,6 +234,7 @@ def test_sigterm_saves_and_resumes(cifar_dir, tmp_path):
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] > stopped, res.stdout[-500:]
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_is_written(cifar_dir, tmp_path):
     ok(
         run_train(
@@ -249,6 +261,7 @@ def test_wandb_offline_run_is_written(cifar_dir, tmp_path):
     assert list(runs[0].glob("run-*.wandb")), "the offline run holds its record file"
 
 
+@pytest.mark.slow
 def test_bf16_on_an_avx2_only_cpu(cifar_dir, tmp_path):
     """oneDNN limited to AVX2 (no native bf16), as on many CPUs: bf16-mixed must still train."""
     ok(

@@ -8,14 +8,15 @@ cost ~10 s of imports each; ``test_train_cli.py`` covers the script itself in su
 import re
 
 import pytest
-from conftest import FIXTURE_ARGS, write_images
+from conftest import FIXTURE_ARGS, slow_except, write_images
 
 import zoo
 from zoo.cli.train import main
 
 NAMES = zoo.list_models(task="image")
-# DenseNet-BC-250 (5.4 GMACs per 32x32 image) costs ~25 s a step here: `make test-all` runs it, `make test` does not.
-MODELS = [pytest.param(n, marks=pytest.mark.slow) if n == "densenet_bc_250_24" else n for n in NAMES]
+# `make test` steps four small nets through train.py (tests/test_precision.py steps every model through a Trainer in
+# `make test`); `make test-all` every net (DenseNet-BC-250, 5.4 GMACs per 32x32 image, costs ~25 s a step here).
+MODELS = slow_except(NAMES, {"lenet5", "alexnet", "resnet20", "vgg11_bn"})
 TINY = ["--trainer.fast_dev_run", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
 
 
@@ -35,12 +36,12 @@ def cifar_args(cifar_dir) -> list[str]:
     return [*FIXTURE_ARGS, "--data.data_dir", str(cifar_dir), "--data.batch_size", "4", "--data.eval_batch_size", "4"]
 
 
-@pytest.mark.parametrize("name", MODELS, ids=NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_one_step_on_cifar10(name, cifar_dir, tmp_path, monkeypatch):
     assert fit(["--model", name, "--data", "cifar10", *cifar_args(cifar_dir)], tmp_path, monkeypatch) == 0
 
 
-@pytest.mark.parametrize("name", MODELS, ids=NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_one_step_on_an_image_folder(name, photos, tmp_path, monkeypatch):
     data = ["--data", "images", "--data.root", str(photos), "--data.num_workers", "0", "--data.batch_size", "4"]
     data += ["--data.eval_batch_size", "4"]

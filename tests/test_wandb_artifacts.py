@@ -209,6 +209,7 @@ def test_an_online_artifact_is_downloaded_once_per_version_into_the_cache(logged
     assert zoo.load_pretrained(ref).hparams.arch == "lenet5" and FakeArtifact.downloads == 2
 
 
+@pytest.mark.slow
 def test_a_given_wandb_logger_lands_in_the_run_folder_and_resumes(cifar_dir, tmp_path):
     """``--trainer.logger WandbLogger`` with its own options: the run folder, the zoo's project and id file (so that
     ``--ckpt_path last`` continues the same W&B run), its tags over --wandb's; log_model all logs each save."""

@@ -83,6 +83,7 @@ def test_an_image_run_logs_predictions_confusion_per_class_and_gradcam(cifar_dir
     assert all(c.split(" -> ")[0] in CLASSES for c in cam["captions"])
 
 
+@pytest.mark.slow
 def test_media_false_logs_no_pictures(cifar_dir, tmp_path):
     run = train(cifar_dir, tmp_path, "--trainer.max_epochs", "1", "--wandb.media", "false")
     assert run.curve("val_acc"), "the run itself is logged"

@@ -50,6 +50,7 @@ def test_an_image_run_logs_config_metadata_curves_and_best(cifar_dir, tmp_path, 
     assert "config.yaml" in run.files
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_config_and_test_lands_in_the_summary(names_dir, tmp_path, wandb_env):
     data = ["--data", "names", "--data.data_dir", str(names_dir), "--trainer.enable_progress_bar", "false"]
     train(["fit", "--model", "gru_classifier", *data, "--trainer.max_epochs", "1"], tmp_path, wandb_env)
@@ -68,6 +69,7 @@ def test_resume_keeps_the_config_and_test_lands_in_the_summary(names_dir, tmp_pa
     assert "test_acc" in tested.summary and 0 <= tested.summary["test_acc"] <= 1
 
 
+@pytest.mark.slow
 def test_a_disabled_logger_leaves_no_wandb_files(cifar_dir, tmp_path, wandb_env):
     for i, off in enumerate((["--wandb.mode", "disabled"], ["--trainer.logger", "false"])):
         train(
