@@ -19,16 +19,13 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
+import lightning as L
 import torch
 from lightning.pytorch.plugins import TorchSyncBatchNorm
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
-
-if TYPE_CHECKING:
-    from zoo.tasks._base import Task
 
 __all__ = ["NET_KEY", "build_described_net", "describe_net", "refuse_sync_batchnorm_off_gpu", "rewrap"]
 
@@ -36,7 +33,7 @@ NET_KEY = "zoo_net"  # in a task's state-dict metadata: the hyperparameters its 
 SYNC_BN_DEVICES = ("cuda", "hpu", "xpu")  # where torch's SyncBatchNorm synchronises (and a PrivateUse1 backend)
 
 
-def describe_net(task: Task, destination: dict, prefix: str) -> None:
+def describe_net(task: L.LightningModule, destination: dict, prefix: str) -> None:
     """Record in ``destination``'s metadata (a state dict being written) the hyperparameters that build ``task``'s
     net: its ``weights_kwargs`` and ``data_kwargs`` (what ``setup`` takes from the data)."""
     meta = getattr(destination, "_metadata", None)
@@ -46,7 +43,7 @@ def describe_net(task: Task, destination: dict, prefix: str) -> None:
     meta[prefix[:-1]][NET_KEY] = copy.deepcopy({k: h[k] for k in (*task.weights_kwargs, *task.data_kwargs) if k in h})
 
 
-def build_described_net(task: Task, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+def build_described_net(task: L.LightningModule, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     """Before ``state_dict`` loads into ``task``: build the net it describes when ``task`` has none or, outside a run
     (no trainer attached: the caller of a spawned run, a user loading by hand), one whose shapes cannot hold it.
     Inside a run the task's net is the data's, and a state dict of another net stays an error, as it was."""
@@ -63,7 +60,7 @@ def build_described_net(task: Task, state_dict: dict, prefix: str, local_metadat
     task._build()
 
 
-def refuse_sync_batchnorm_off_gpu(task: Task) -> None:
+def refuse_sync_batchnorm_off_gpu(task: L.LightningModule) -> None:
     """Refuse SyncBatchNorm (``--trainer.sync_batchnorm true``, or layers converted by hand) for a run on a device
     torch cannot synchronise them on: called before the strategy converts and wraps the model, as DDP's wrapping
     fails there with "SyncBatchNorm layers only work with GPU modules"."""
@@ -80,7 +77,7 @@ def refuse_sync_batchnorm_off_gpu(task: Task) -> None:
         )
 
 
-def rewrap(task: Task) -> None:
+def rewrap(task: L.LightningModule) -> None:
     """Wrap ``task`` in DDP anew after its trainable parameters changed (see the module's docstring); on one process
     without DDP there is nothing to do. Called on every rank at the same batch (the epoch decides)."""
     strategy = task.trainer.strategy
