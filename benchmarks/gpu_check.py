@@ -18,11 +18,9 @@ fp16 column is added as a ``MixedPrecision`` plugin, since Lightning turns ``16-
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -31,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_matrix import FP16_AMP, PRECISIONS, ToyData, markdown_table, run_matrix  # noqa: E402
+from precision_matrix import FP16_AMP, PRECISIONS, ToyData, markdown_table, quiet_lightning, run_matrix  # noqa: E402
 
 import zoo  # noqa: E402
 
@@ -186,9 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check.py: error: no CUDA device here; run it on a GPU machine, or --device cpu --quick")
         return 2
-    for logger in ("lightning.pytorch", "lightning.fabric"):  # the Trainer's banners and the data's summaries
-        logging.getLogger(logger).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
     device = args.device
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     parts = [f"# GPU check: {name}, torch {torch.__version__}, lightning {L.__version__}"]
@@ -223,4 +218,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_lightning()
     sys.exit(main())

@@ -289,7 +289,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python benchmarks/precision_matrix.py [--device cpu] [--models NAME ...] [--precisions P ...]``: the matrix
     as a markdown table (the README's), each cell's time and notes on stderr as it runs; exit 1 if a cell failed."""
     import argparse
-    import logging
     import sys
     import tempfile
 
@@ -299,9 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     default = [*PRECISIONS, FP16_AMP]
     ap.add_argument("--precisions", nargs="+", default=default, help=f"default: {' '.join(default)}")
     args = ap.parse_args(argv)
-    for logger in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(logger).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
     cells = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models or zoo.list_models():
@@ -314,5 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     return int(any(c.status == "fail" for c in cells))
 
 
+def quiet_lightning() -> None:
+    """Silence the Trainer's banners and the data's summaries: for the scripts' own processes only (set in a test's
+    process, it would hide every later test's log records)."""
+    import logging
+
+    for logger in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+
+
 if __name__ == "__main__":
+    quiet_lightning()
     raise SystemExit(main())

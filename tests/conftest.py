@@ -95,8 +95,12 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     # wandb.init in a test sets WANDB_SERVICE (its service's address) in os.environ: a train.py subprocess started
     # later would attach to that service instead of its own and write no run files. Restored after each test.
-    monkeypatch.delenv("WANDB_SERVICE", raising=False)
-    monkeypatch.delenv("ZOO_RUN_DIR", raising=False)
+    # train.py's main() in a test sets ZOO_RUN_DIR (for the processes DDP relaunches). setenv first: monkeypatch
+    # undoes only what it recorded, and deleting an absent variable records nothing, so a value set during the test
+    # would outlive it (a later module-scoped train.py subprocess then wrote its run into that test's folder).
+    for var in ("WANDB_SERVICE", "ZOO_RUN_DIR", "ZOO_DEBUG"):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     # downloaded weights go to a per-test cache: a user's ~/.cache/zoo must neither serve nor receive test files
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "zoo-cache"))
 
