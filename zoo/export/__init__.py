@@ -11,7 +11,6 @@ than the example, with ragged lengths; an output that differs from the eager mod
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from zoo.export._families import FAMILIES, family_graphs
 from zoo.export._graph import Graph, Port
 from zoo.export._run import FORMATS, SUFFIX, TOLERANCE, ExportError, ParityError, compare, load, versions, write
 from zoo.export._seq2seq import greedy_loop
+from zoo.weights.store import sha256_of
 
 __all__ = [
     "export_model",
@@ -36,14 +36,6 @@ __all__ = [
 ]
 
 SIDECAR_VERSION = 1
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_model(model: L.LightningModule, fmt: str, out_dir: str | Path, name: str, source: str | None = None) -> dict:
@@ -75,7 +67,7 @@ def export_model(model: L.LightningModule, fmt: str, out_dir: str | Path, name: 
                 {
                     "graph": graph.suffix or "model",
                     "file": path.name,
-                    "sha256": _sha256(path),
+                    "sha256": sha256_of(path),
                     **extra,
                     **graph.describe(),
                     "parity": parity,
