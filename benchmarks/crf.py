@@ -1,15 +1,18 @@
 """The zoo's CRF against pytorch-crf (the reference, timed in the same run): negative log-likelihood + backward,
-and Viterbi decoding, on the same random emissions, tags and masks; the results are checked equal first.
+and Viterbi decoding, on the same random emissions, tags and ragged masks; the results are checked equal first
+(log-likelihoods and gradients within 1e-5 of pytorch-crf run in float64, paths exactly).
 
-    python benchmarks/crf.py                      # B=32, T=40, K=17 on the CPU
-    python benchmarks/crf.py --batch 256 --device cuda
+    OMP_NUM_THREADS=1 python benchmarks/crf.py            # B=32 T=40 K=17, B=256 T=128 K=9 and K=50 on the CPU
+    python benchmarks/crf.py --sizes 32x40x17 --device cuda
 
-Needs `pip install pytorch-crf` (a test-only dependency). Prints milliseconds per call (median of --repeats) and
-the speed-up over pytorch-crf."""
+Needs `pip install pytorch-crf` (a test-only dependency). Prints the hardware and versions, then milliseconds per
+call (median of --repeats, each repeat the mean of a few calls) and the speed-up over pytorch-crf."""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import platform
 import statistics
 import time
 
@@ -20,30 +23,34 @@ from zoo.nets.crf import CRF
 
 def median_ms(fn, repeats: int, device: str) -> float:
     fn()  # warm-up
+    t0 = time.perf_counter()
+    fn()
+    calls = max(1, min(10, int(0.02 / max(time.perf_counter() - t0, 1e-6))))  # ~20 ms a repeat
     times = []
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        fn()
+        for _ in range(calls):
+            fn()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) / calls)
     return 1000 * statistics.median(times)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--length", type=int, default=40)
-    p.add_argument("--tags", type=int, default=17)
-    p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args()
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def bench(B: int, T: int, K: int, dev: str, repeats: int) -> None:
     from torchcrf import CRF as TorchCRF
 
     torch.manual_seed(0)
-    B, T, K, dev = args.batch, args.length, args.tags, args.device
     ours, theirs = CRF(K).to(dev), TorchCRF(K, batch_first=True).to(dev)
     with torch.no_grad():
         theirs.transitions.copy_(ours.transitions)
@@ -55,32 +62,57 @@ def main() -> None:
     lengths[0] = T
     mask = torch.arange(T, device=dev)[None] < lengths[:, None]
 
-    a, b = ours.nll(emissions, tags, mask, "sum"), -theirs(emissions, tags, mask, reduction="sum")
-    assert torch.allclose(a, b, rtol=1e-5), (a, b)
-    decoded = ours.decode(emissions, mask)
-    assert all(decoded[i, : lengths[i]].tolist() == p for i, p in enumerate(theirs.decode(emissions, mask)))
-
-    def nll_backward(crf_loss):
+    def nll_backward(model, loss):
         def run():
             emissions.grad = None
-            crf_loss().backward()
+            model.zero_grad(set_to_none=True)
+            loss().backward()
 
         return run
 
+    mine = nll_backward(ours, lambda: ours.nll(emissions, tags, mask, "sum"))
+    ref = nll_backward(theirs, lambda: -theirs(emissions, tags, mask, reduction="sum"))
+    mine()
+    g_ours = [emissions.grad.clone(), ours.transitions.grad, ours.start.grad, ours.end.grad]
+    # the exact result: pytorch-crf in float64 (in fp32, its own gradients drift ~3e-5 at T=128)
+    exact, e64 = copy.deepcopy(theirs).double(), emissions.detach().double().requires_grad_()
+    nll64 = -exact(e64, tags, mask, reduction="none")
+    nll64.sum().backward()
+    g_exact = [e64.grad, exact.transitions.grad, exact.start_transitions.grad, exact.end_transitions.grad]
+    torch.testing.assert_close(ours.nll(emissions, tags, mask, "none").detach().double(), nll64, rtol=1e-5, atol=1e-5)
+    for x, y in zip(g_ours, g_exact):
+        torch.testing.assert_close(x.double(), y, rtol=0, atol=1e-5)
+    decoded = ours.decode(emissions, mask)
+    assert all(decoded[i, : lengths[i]].tolist() == p for i, p in enumerate(theirs.decode(emissions, mask)))
     rows = {
-        "NLL + backward": (
-            nll_backward(lambda: ours.nll(emissions, tags, mask, "sum")),
-            nll_backward(lambda: -theirs(emissions, tags, mask, reduction="sum")),
-        ),
+        "NLL + backward": (mine, ref),
         "Viterbi decode": (
             lambda: ours.decode(emissions.detach(), mask),
             lambda: theirs.decode(emissions.detach(), mask),
         ),
     }
-    print(f"B={B} T={T} K={K} on {dev} ({torch.get_num_threads()} threads); results equal to pytorch-crf")
-    for name, (mine, ref) in rows.items():
-        m, r = median_ms(mine, args.repeats, dev), median_ms(ref, args.repeats, dev)
-        print(f"{name:16s} zoo {m:8.2f} ms   pytorch-crf {r:8.2f} ms   speed-up {r / m:5.2f}x")
+    for name, (fast, slow) in rows.items():
+        m, r = median_ms(fast, repeats, dev), median_ms(slow, repeats, dev)
+        print(f"| {B}x{T}x{K} | {name} | {m:.2f} | {r:.2f} | {r / m:.2f}x |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="32x40x17,256x128x9,256x128x50", help="BxTxK, comma-separated")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    import torchcrf
+
+    dev = args.device
+    hw = torch.cuda.get_device_name() if dev == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} thread(s)"
+    version = getattr(torchcrf, "__version__", "installed")
+    print(f"{hw}; torch {torch.__version__}, pytorch-crf {version}, Python {platform.python_version()}")
+    print("checked first at every size: NLL and gradients within 1e-5 of pytorch-crf in float64, paths equal\n")
+    print("| B x T x K | | zoo ms | pytorch-crf ms | speed-up |\n|---|---|---|---|---|")
+    for size in args.sizes.split(","):
+        B, T, K = (int(v) for v in size.lower().split("x"))
+        bench(B, T, K, dev, args.repeats)
 
 
 if __name__ == "__main__":

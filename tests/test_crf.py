@@ -181,3 +181,79 @@ def test_state_saves_as_safetensors(tmp_path):
     crf = CRF(K)  # no constraints: the start and end masks must not share memory
     save_file(crf.state_dict(), str(tmp_path / "crf.safetensors"))
     assert load_file(str(tmp_path / "crf.safetensors")).keys() == crf.state_dict().keys()
+
+
+def _log_space_nll(crf, e, tags, m):
+    """The log-space recursion with autograd through every step, in float64 (the reference of the fast kernels)."""
+    trans, start, end = (p.double() for p in crf._potentials())
+    _, y, lengths, order = crf._compact(e.detach(), m, tags)
+    ec = e.double() if order is None else e.double().gather(1, order[..., None].expand(-1, -1, e.shape[-1]))
+    log_z = torch.logsumexp(crf._forward_alpha(ec, lengths, trans, start)[-1] + end, dim=-1)
+    return log_z - crf._path_score(ec, y, lengths, trans, start, end)
+
+
+@pytest.mark.parametrize("constrained", [False, True], ids=["free", "BIO"])
+def test_fast_nll_and_gradients_equal_the_log_space_recursion(constrained):
+    allowed, start, end = scheme_constraints(TAGS, "BIO")
+    crf = make_crf(len(TAGS), constraints=(allowed, start, end) if constrained else None)
+    g = torch.Generator().manual_seed(0)
+    e = (3 * torch.randn(4, 5, len(TAGS), generator=g)).requires_grad_()
+    tags = torch.zeros(4, 5, dtype=torch.long)  # O everywhere: valid under BIO
+    for m in (masks(), None):
+        params = [e, crf.transitions, crf.start, crf.end]
+        fast = crf.nll(e, tags, m, reduction="none")
+        ref = _log_space_nll(crf, e, tags, m)
+        torch.testing.assert_close(fast.double(), ref, atol=1e-5, rtol=1e-6)
+        for a, b in zip(torch.autograd.grad(fast.sum(), params), torch.autograd.grad(ref.sum(), params)):
+            torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=0)
+
+
+def test_fast_log_partition_gradcheck():
+    from zoo.nets._crf_kernels import log_partition
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([4, 2, 1])
+    trans = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    trans[0, 1] = -1e4  # a forbidden transition (NEG): its gradient is 0
+    inputs = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in [(3, 4, 3), (3,), (3,)]]
+    trans.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda e, t, s, n: log_partition(e, lengths, t, s, n), (inputs[0], trans, *inputs[1:])
+    )
+
+
+def test_fast_log_partition_falls_back_beyond_fp32_range():
+    from zoo.nets._crf_kernels import log_partition
+
+    crf = make_crf(len(TAGS), constraints=scheme_constraints(TAGS, "BIO"))
+    e = torch.randn(2, 6, len(TAGS), generator=torch.Generator().manual_seed(0))
+    e[:, 0, 2] = 1e3  # I-PER cannot start a sentence: every allowed path is ~1000 nats below the best emission
+    tags = torch.zeros(2, 6, dtype=torch.long)
+    lengths = torch.tensor([6, 6])
+    assert not torch.isfinite(log_partition(e, lengths, *crf._potentials())).all()  # beyond the kernel's range
+    fast = crf.nll(e, tags, reduction="none")  # the log-space recursion takes over
+    torch.testing.assert_close(fast.double(), _log_space_nll(crf, e, tags, None).detach(), rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("numpy_backtrace", [True, False], ids=["numpy", "torch"])
+@pytest.mark.parametrize("num_tags", [5, 30], ids=["pointers", "recomputed"])
+def test_fast_viterbi_equals_the_scan_viterbi(num_tags, numpy_backtrace, monkeypatch):
+    monkeypatch.setattr("zoo.nets._crf_kernels._NUMPY_BACKTRACE", numpy_backtrace)
+    crf = make_crf(num_tags)
+    g = torch.Generator().manual_seed(0)
+    e, lengths = torch.randn(16, 11, num_tags, generator=g), torch.randint(1, 12, (16,), generator=g)
+    m = torch.arange(11)[None] < lengths[:, None]
+    assert torch.equal(crf.decode(e, m), crf.viterbi(e, lengths))  # eager kernel vs the exportable scan
+
+
+def test_fast_paths_under_autocast_and_bf16():
+    crf = make_crf()
+    e, m = torch.randn(4, 5, K, generator=torch.Generator().manual_seed(0)).bfloat16(), masks()
+    tags = torch.zeros(4, 5, dtype=torch.long)
+    want = crf.nll(e.float(), tags, m, reduction="none")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = crf.nll(e, tags, m, reduction="none")
+        paths = crf.decode(e, m)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert torch.equal(paths, crf.decode(e.float(), m))

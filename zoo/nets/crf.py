@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from zoo.nets import _crf_kernels
 from zoo.nets._scan import time_scan
 
 __all__ = ["CRF", "scheme_constraints", "SCHEMES"]
@@ -135,6 +136,15 @@ class CRF(nn.Module):
         tags = None if tags is None else tags.gather(1, order)
         return emissions, tags, lengths, order
 
+    def _log_z(self, emissions: torch.Tensor, lengths: torch.Tensor, trans, start, end) -> torch.Tensor:
+        """log Z (B,): the exp-space kernel with its hand-written backward in eager mode (~4x faster), the
+        log-space recursion under compile/export or when the kernel's fp32 range is exceeded."""
+        if not torch.compiler.is_compiling():
+            log_z = _crf_kernels.log_partition(emissions, lengths, trans, start, end)
+            if bool(torch.isfinite(log_z).all()):
+                return log_z
+        return torch.logsumexp(self._forward_alpha(emissions, lengths, trans, start)[-1] + end, dim=-1)
+
     def _forward_alpha(self, emissions: torch.Tensor, lengths: torch.Tensor, trans, start) -> list[torch.Tensor]:
         """Forward variables alpha_t (B, K) for t < T (frozen after each sequence's end)."""
         alpha = start + emissions[:, 0]
@@ -150,7 +160,7 @@ class CRF(nn.Module):
         """log Z (B,) over the paths the constraints allow."""
         trans, start, end = self._potentials()
         e, _, lengths, _ = self._compact(emissions, mask)
-        return torch.logsumexp(self._forward_alpha(e, lengths, trans, start)[-1] + end, dim=-1)
+        return self._log_z(e, lengths, trans, start, end)
 
     def score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The score (B,) of the tag sequences ``tags`` (B, T)."""
@@ -178,7 +188,7 @@ class CRF(nn.Module):
         kept = torch.arange(y.shape[1], device=y.device)[None] < lengths[:, None]
         if bool(((y < 0) | (y >= self.num_tags))[kept].any()):
             raise ValueError(f"tags must be in [0, {self.num_tags}) at every position the mask keeps")
-        log_z = torch.logsumexp(self._forward_alpha(e, lengths, trans, start)[-1] + end, dim=-1)
+        log_z = self._log_z(e, lengths, trans, start, end)
         nll = log_z - self._path_score(e, y.clamp(min=0), lengths, trans, start, end)
         if reduction == "none":
             return nll
@@ -213,6 +223,10 @@ class CRF(nn.Module):
         trans, start, end = self._potentials()
         e, _, lengths, order = self._compact(emissions, mask)
         B, T, K = e.shape
+        valid = torch.arange(T, device=e.device)[None] < lengths[:, None]
+        if not torch.compiler.is_compiling():  # eager: the kernel without per-step masking (~2x faster)
+            paths = _crf_kernels.viterbi(e.detach(), lengths, trans.detach(), start.detach(), end.detach())
+            return _restore(paths.to(e.device).masked_fill(~valid, pad), order, 1, pad)
         score, pointers = start + e[:, 0], []
         stay = torch.arange(K, device=e.device).expand(B, K)
         for t in range(1, T):
@@ -226,7 +240,6 @@ class CRF(nn.Module):
             state = ptr.gather(1, state[:, None]).squeeze(1)
             path.append(state)
         paths = torch.stack(path[::-1], 1)
-        valid = torch.arange(T, device=e.device)[None] < lengths[:, None]
         return _restore(paths.masked_fill(~valid, pad), order, 1, pad)
 
     def viterbi(self, emissions: torch.Tensor, lengths: torch.Tensor, pad: int = -1) -> torch.Tensor:
