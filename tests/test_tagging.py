@@ -196,7 +196,7 @@ def test_training_learns_the_fixture_and_tags_raw_text(conll_dir, tmp_path):
         model.tag("   ")
 
 
-@pytest.mark.parametrize("output", ["softmax", "perceptron", "hinge"])
+@pytest.mark.parametrize("output", ["softmax", "perceptron", "hinge", "hmm"])
 def test_other_output_layers_train(output, conll_dir, tmp_path):
     L.seed_everything(0)
     model = small(output=output) if output != "softmax" else small("bilstm_softmax")

@@ -5,7 +5,8 @@ sidecar says about reading inputs into them.
 - sequence classifier: ``tokens (batch, length)``, ``lengths`` -> ``logits`` (masked, not packed, in the graph).
 - language model: one step, ``tokens (batch, 1)`` and the state -> ``logits (batch, V)`` and the next state.
 - tagger: ``words``, ``chars``, ``lengths`` -> ``emissions`` and the decoded ``tags`` (CRF Viterbi without the
-  skip-mask sort; the casing feature is computed in the graph from ``chars``).
+  skip-mask sort, or the HMM hybrid's Viterbi over its counted probabilities; the casing feature is computed in the
+  graph from ``chars``).
 - seq2seq: an ``encoder`` graph and one decoder ``step`` graph; the search loop (greedy or beam) stays in Python.
 
 Example inputs come from the model's own preprocessing (its tokeniser and vocabulary, its image transform) on a
@@ -175,6 +176,8 @@ def tagging_graphs(task) -> tuple[list[Graph], dict]:
         words, lengths = ragged_ids(b, t, 1, len(h.words), g)
         fresh.append((words, _chars_for(words, lengths, width, len(h.chars), g), lengths))
     K = len(h.tags)
+    decoded = {"softmax": "argmax per token", "hmm": "Viterbi of posteriors / tag priors and the HMM's transitions"}
+    decoded = decoded.get(getattr(net, "output", "crf"), "CRF Viterbi")
     graph = Graph(
         _Tagger(net, list(h.chars)),
         [
@@ -184,7 +187,7 @@ def tagging_graphs(task) -> tuple[list[Graph], dict]:
         ],
         [
             Port("emissions", F32, ("batch", "length", K), "per-token tag scores"),
-            Port("tags", I64, ("batch", "length"), "best tag sequence (CRF Viterbi; argmax without CRF), -1 after"),
+            Port("tags", I64, ("batch", "length"), f"best tags ({decoded}), -1 after"),
         ],
         (example[0].cpu(), example[1].cpu(), example[2]),
         fresh,

@@ -23,7 +23,7 @@ import torch.nn as nn
 from zoo.nets import _crf_kernels
 from zoo.nets._scan import time_scan
 
-__all__ = ["CRF", "scheme_constraints", "SCHEMES"]
+__all__ = ["CRF", "scheme_constraints", "viterbi", "SCHEMES"]
 
 SCHEMES = ("BIO", "IOB1", "BIOES", "BILOU")
 NEG = -1e4  # the score of an impossible transition: finite (no inf - inf), far below any real path
@@ -248,32 +248,7 @@ class CRF(nn.Module):
         are :func:`~zoo.nets._scan.time_scan` loops, so ``torch.export`` keeps the length dynamic."""
         if emissions.dim() != 3 or emissions.shape[-1] != self.num_tags:
             raise ValueError(f"emissions must be (batch, time, {self.num_tags}); got {tuple(emissions.shape)}")
-        lengths = lengths.to(emissions.device)
-        if not torch.compiler.is_compiling() and bool((lengths < 1).any()):
-            raise ValueError("a sequence has length 0: every sequence needs one token or more")
-        # Tags have no gradient, and a scan with gradients would need one for its integer outputs (torch fails)
-        trans, start, end = (p.detach() for p in self._potentials())
-        e = emissions.detach().float().transpose(0, 1)  # (T, B, K)
-        T, B, K = e.shape
-        steps = torch.arange(T, device=e.device)[:, None]
-        valid, first = steps < lengths[None], (steps == 0)[..., None]  # (T, B), (T, 1, 1)
-        stay = torch.arange(K, device=e.device).expand(B, K)
-
-        # Every step is one loop body, the first too (start scores, no previous tag): a loop from step 1 would slice
-        # the length, and export then guards it to >= 3.
-        def forward(score, e_t, live_t, first_t):
-            best, idx = (score[:, :, None] + trans[None]).max(1)  # (B, K): the best previous tag of each tag
-            score = torch.where(live_t, torch.where(first_t, start + e_t, best + e_t), score)
-            return score, torch.where(live_t & ~first_t, idx, stay)  # a finished sequence keeps its last tag
-
-        score, (pointers,) = time_scan(forward, torch.zeros_like(e[0]), (e, valid[..., None], first))
-        last = (score + end).argmax(1)  # (B,) the best final tag
-
-        def back(state, ptr):  # the tag at step t, and from its pointers the tag at t - 1
-            return ptr.gather(1, state[:, None]).squeeze(1), state.clone()
-
-        _, (paths,) = time_scan(back, last, (pointers,), reverse=True)  # (T, B)
-        return paths.masked_fill(~valid, pad).transpose(0, 1)
+        return viterbi(emissions, lengths, *self._potentials(), pad=pad)
 
     def topk(
         self, emissions: torch.Tensor, mask: torch.Tensor | None = None, k: int = 1, pad: int = -1
@@ -331,6 +306,46 @@ class CRF(nn.Module):
         loss = self.score(emissions, best, mask) + hamming - self.score(emissions, tags.clamp(min=0), mask)
         loss = loss.clamp(min=0)
         return {"mean": loss.mean(), "sum": loss.sum(), "none": loss}[reduction]
+
+
+def viterbi(
+    emissions: torch.Tensor,
+    lengths: torch.Tensor,
+    trans: torch.Tensor,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    pad: int = -1,
+) -> torch.Tensor:
+    """The best tag sequence (B, T) under given log-potentials: ``emissions`` (B, T, K) per position, ``trans`` (K, K)
+    from the previous tag to the next, ``start`` and ``end`` (K,); each sequence's first ``lengths[b]`` positions,
+    ``pad`` after its end. :meth:`CRF.viterbi` is this over its own potentials; ``zoo.nets.hmm`` calls it with
+    scaled log-likelihoods and log-probabilities."""
+    lengths = lengths.to(emissions.device)
+    if not torch.compiler.is_compiling() and bool((lengths < 1).any()):
+        raise ValueError("a sequence has length 0: every sequence needs one token or more")
+    # Tags have no gradient, and a scan with gradients would need one for its integer outputs (torch fails)
+    trans, start, end = trans.detach().float(), start.detach().float(), end.detach().float()
+    e = emissions.detach().float().transpose(0, 1)  # (T, B, K)
+    T, B, K = e.shape
+    steps = torch.arange(T, device=e.device)[:, None]
+    valid, first = steps < lengths[None], (steps == 0)[..., None]  # (T, B), (T, 1, 1)
+    stay = torch.arange(K, device=e.device).expand(B, K)
+
+    # Every step is one loop body, the first too (start scores, no previous tag): a loop from step 1 would slice
+    # the length, and export then guards it to >= 3.
+    def forward(score, e_t, live_t, first_t):
+        best, idx = (score[:, :, None] + trans[None]).max(1)  # (B, K): the best previous tag of each tag
+        score = torch.where(live_t, torch.where(first_t, start + e_t, best + e_t), score)
+        return score, torch.where(live_t & ~first_t, idx, stay)  # a finished sequence keeps its last tag
+
+    score, (pointers,) = time_scan(forward, torch.zeros_like(e[0]), (e, valid[..., None], first))
+    last = (score + end).argmax(1)  # (B,) the best final tag
+
+    def back(state, ptr):  # the tag at step t, and from its pointers the tag at t - 1
+        return ptr.gather(1, state[:, None]).squeeze(1), state.clone()
+
+    _, (paths,) = time_scan(back, last, (pointers,), reverse=True)  # (T, B)
+    return paths.masked_fill(~valid, pad).transpose(0, 1)
 
 
 def _restore(x: torch.Tensor, order: torch.Tensor | None, dim: int, fill) -> torch.Tensor:

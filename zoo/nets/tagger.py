@@ -1,10 +1,11 @@
 """Neural sequence taggers: word (+ character, + casing) features, a bidirectional recurrent encoder, and a CRF,
-softmax, structured-perceptron or structured-hinge output layer (Huang et al. 2015; Lample et al. 2016; Ma & Hovy
-2016).
+softmax, structured-perceptron, structured-hinge or hybrid-HMM output layer (Huang et al. 2015; Lample et al. 2016;
+Ma & Hovy 2016; the hybrid: Bourlard & Morgan 1994, ``zoo.nets.hmm``).
 
 Characters of each word are read by a BiLSTM (Lample et al.: the final states of both directions) or a CNN with
-max-pooling over the word (Ma & Hovy); ``char_encoder="none"`` leaves them out. The CRF's transitions are
-constrained by the tag scheme when ``tag_names`` and ``scheme`` are given (``zoo.nets.crf.scheme_constraints``).
+max-pooling over the word (Ma & Hovy); ``char_encoder="none"`` leaves them out. The transitions of the CRF (and of
+the HMM) are constrained by the tag scheme when ``tag_names`` and ``scheme`` are given
+(``zoo.nets.crf.scheme_constraints``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from zoo._registry import register_model
 from zoo.nets.casing import CASES
 from zoo.nets.crf import CRF, scheme_constraints
+from zoo.nets.hmm import HMM
 from zoo.nets.masked_rnn import masked_recurrence
 from zoo.nets.recurrent import CELLS, RecurrentEncoder, _choice
 
 __all__ = ["SequenceTagger", "OUTPUTS", "CHAR_ENCODERS"]
 
-OUTPUTS = ("crf", "softmax", "perceptron", "hinge")
+OUTPUTS = ("crf", "softmax", "perceptron", "hinge", "hmm")
+ON_CRF = ("crf", "perceptron", "hinge")  # the outputs whose loss and decoding are a CRF's
 CHAR_ENCODERS = ("lstm", "cnn", "none")
 
 
@@ -89,8 +92,11 @@ class SequenceTagger(nn.Module):
     word_dropout: in training, the share of words replaced by ``<unk>`` (id 1), so that the ``<unk>`` embedding
         learns what rare words look like and the characters carry them (Lample et al. 2016, section 4).
     output: ``crf`` (NLL), ``softmax`` (per-token cross-entropy), ``perceptron`` or ``hinge`` (margin losses
-        on the CRF's Viterbi).
-    tag_names, scheme: constrain the CRF's transitions (BIO, IOB1, BIOES, BILOU).
+        on the CRF's Viterbi), ``hmm`` (per-token cross-entropy; decoding by Viterbi over the posteriors divided by
+        the tag priors and the HMM's counted transition probabilities: ``zoo.nets.hmm``, whose counts the tagging
+        task fills from the training split).
+    hmm_smoothing: with ``output="hmm"``, added to every count of the HMM (1 = Laplace; > 0).
+    tag_names, scheme: constrain the transitions of the CRF or HMM (BIO, IOB1, BIOES, BILOU).
     """
 
     def __init__(
@@ -111,6 +117,7 @@ class SequenceTagger(nn.Module):
         dropout: float = 0.5,
         word_dropout: float = 0.0,
         output: str = "crf",
+        hmm_smoothing: float = 1.0,
         tag_names: list[str] | None = None,
         scheme: str | None = None,
     ) -> None:
@@ -140,10 +147,11 @@ class SequenceTagger(nn.Module):
             if len(tag_names) != num_tags:
                 raise ValueError(f"{len(tag_names)} tag names for num_tags={num_tags}")
             constraints = scheme_constraints(list(tag_names), scheme)
-        self.crf = CRF(num_tags, *constraints) if output != "softmax" else None
+        self.crf = CRF(num_tags, *constraints) if output in ON_CRF else None
+        self.hmm = HMM(num_tags, *constraints, smoothing=hmm_smoothing) if output == "hmm" else None
 
     def forward(self, words, chars, casing, lengths) -> torch.Tensor:
-        """Emission scores ``(B, T, K)``."""
+        """Emission scores ``(B, T, K)`` (for ``softmax`` and ``hmm``: the logits of the per-token posteriors)."""
         if self.training and self.word_dropout:
             drop = (torch.rand(words.shape, device=words.device) < self.word_dropout) & (words > 1)
             words = words.masked_fill(drop, 1)
@@ -159,7 +167,7 @@ class SequenceTagger(nn.Module):
     def loss(self, emissions: torch.Tensor, tags: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The training loss per sentence, averaged over the batch (tags padded with -1)."""
         mask = _mask(lengths, tags)
-        if self.output == "softmax":
+        if self.output in ("softmax", "hmm"):  # the hybrid's net is trained for posteriors (Bourlard & Morgan)
             return F.cross_entropy(emissions.float().flatten(0, 1), tags.flatten(), ignore_index=-1)
         if self.output == "crf":
             return self.crf.nll(emissions, tags.clamp(min=0), mask, reduction="mean")
@@ -169,6 +177,8 @@ class SequenceTagger(nn.Module):
 
     def decode(self, emissions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Best tags ``(B, T)``, -1 after each sentence's end."""
+        if self.hmm is not None:
+            return self.hmm.viterbi(emissions, lengths)
         if self.crf is None:
             return emissions.argmax(-1).masked_fill(~_mask(lengths, emissions), -1)
         return self.crf.viterbi(emissions, lengths)  # lengths mask a prefix: no compaction (exportable)

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sized
 from typing import Any
 
 import torch
 import torch.nn as nn
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import IterableDataset
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -39,7 +42,9 @@ class Tagger(Task):
             from the DataModule's ``max_word_len`` at every setup where it has one, since its batches cut words
             there (one name, and one value on both sides, so the merge never clashes).
         word_dim, char_encoder, hidden_size, num_layers, dropout: the net; ``net_kwargs`` for the rest
-            (``output="perceptron"`` or ``"hinge"``, ``casing_dim``, ``char_dim``, ``char_hidden`` ...).
+            (``output="perceptron"``, ``"hinge"`` or ``"hmm"``, ``casing_dim``, ``char_dim``, ``char_hidden`` ...).
+            With ``output="hmm"`` the HMM's statistics are counted from the training split when a fit starts
+            (:meth:`count_hmm_statistics`).
         word_vectors: a text file of pretrained word vectors (GloVe / word2vec text: ``word v1 v2 ...``) to
             initialise the embeddings of the words it holds; read from disk, never downloaded.
         pretrained: published weights ``name.tag`` to start from; their vocabularies come with them (data with
@@ -55,7 +60,7 @@ class Tagger(Task):
             return f"span F1 {100 * metrics[f'{split}_f1']:.2f}"
         return f"{100 * metrics[f'{split}_acc']:.2f}% token accuracy"
 
-    head_prefixes = ("emissions.", "crf.")
+    head_prefixes = ("emissions.", "crf.", "hmm.")
     remappable = ("words", "chars", "tags")
     indexed_params = {
         "words.weight": ("words", (0,)),
@@ -68,6 +73,13 @@ class Tagger(Task):
         "crf.allowed": ("tags", ()),  # the scheme's constraints: rebuilt from the tags
         "crf.allowed_start": ("tags", ()),
         "crf.allowed_end": ("tags", ()),
+        "hmm.tag_counts": ("tags", (0,)),  # counted again from the data at each fit (count_hmm_statistics)
+        "hmm.start_counts": ("tags", (0,)),
+        "hmm.transition_counts": ("tags", (0, 1)),
+        "hmm.end_counts": ("tags", (0,)),
+        "hmm.allowed": ("tags", ()),
+        "hmm.allowed_start": ("tags", ()),
+        "hmm.allowed_end": ("tags", ()),
     }
 
     @staticmethod
@@ -186,6 +198,54 @@ class Tagger(Task):
             if is_chunk_tagset(self.hparams.tags):
                 self.hparams.tag_scheme = dm_h.get("scheme", self.hparams.tag_scheme)
             self._build()
+
+    # -- the HMM's statistics (output="hmm") ---------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if getattr(self.net, "hmm", None) is not None:
+            self.count_hmm_statistics()
+
+    @torch.no_grad()
+    def count_hmm_statistics(self, chunk: int = 512) -> None:
+        """Fill the counts of the hybrid's HMM (``zoo.nets.hmm``: tag priors, start, transition and end
+        probabilities) from every sentence of the trainer's training set, replacing what they held.
+
+        Why here and so: the estimates are closed-form maximum-likelihood counts, so they are counted exactly rather
+        than learnt by gradient (which would only approach them). They are counted when a fit starts, from the
+        training loader's dataset itself, item by item in order through the loader's own ``collate_fn`` (the batch
+        format the task trains on; no sampler, no random draw, so the run's randomness is untouched): the whole
+        split, whatever ``limit_train_batches`` reads, with a DataModule or with loaders given to ``fit`` alike.
+        Not during the first epoch's batches: under DDP a ``DistributedSampler`` pads the last shard with repeated
+        sentences, ``limit_train_batches`` would count a part, and a resume mid-epoch could count batches twice.
+        The counts are buffers, so checkpoints, published weights and exports carry them; a resumed run counts
+        again after its checkpoint is restored and gets the same numbers (the same data), and fine-tuning on other
+        data counts that data. Under DDP every process counts its own full copy of the split (the samplers shard
+        batches, not the dataset), and the processes' counts are checked equal. The sanity-check validation of a
+        first fit runs before this: on zero counts, i.e. uniform priors and transitions."""
+        loaders = self.trainer.train_dataloader
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) and len(loaders) == 1 else loaders
+        data, collate = getattr(loader, "dataset", None), getattr(loader, "collate_fn", None)
+        if isinstance(data, IterableDataset) or not (isinstance(data, Sized) and hasattr(data, "__getitem__")):
+            raise ValueError(
+                "output='hmm' counts its tag statistics from the whole training set: give one training DataLoader "
+                f"over a map-style dataset (with len and indexing), as the tagging DataModules do; got {type(loader)}"
+            )
+        if len(data) == 0:
+            raise ValueError("output='hmm' found an empty training set: there is nothing to count its statistics from")
+        hmm = self.net.hmm
+        for i in range(0, len(data), chunk):
+            _, _, lengths, tags = collate([data[j] for j in range(i, min(i + chunk, len(data)))])
+            hmm.count(tags, lengths, reset=i == 0)
+        if self.trainer.world_size > 1:
+            mine = torch.cat([c.flatten() for c in hmm._counts()])
+            every = self.all_gather(mine)  # (world, n)
+            if not bool((every == mine).all()):
+                raise ValueError(
+                    "output='hmm': the DDP processes hold different training sets, so their tag counts differ; each "
+                    "process must see the whole training split (shard batches with a sampler, not the dataset)"
+                )
+        n = int(hmm.tag_counts.sum())
+        rank_zero_info(f"HMM statistics counted from the training set: {len(data):,} sentences, {n:,} tags")
 
     # -- steps ------------------------------------------------------------------------------------------------
     def forward(self, words, chars, lengths) -> torch.Tensor:
