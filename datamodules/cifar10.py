@@ -42,7 +42,8 @@ from datamodules._augment import (
     sample_key,
     seeded,
 )
-from datamodules._base import SplitDataModule
+from datamodules._base import SplitDataModule, run_seed
+from datamodules._batched import BatchAugment, ResidentBatches
 
 __all__ = ["CIFAR10DataModule", "load_cifar10", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_CLASSES", "Cutout"]
 
@@ -276,6 +277,11 @@ class CIFAR10DataModule(SplitDataModule):
         noise_std: std of additive Gaussian noise on [0, 1] pixels, before normalisation (0: off).
         cutout: side of the Cutout square in pixels (0: off).
         num_images: expected (train, test) counts; change only for a subset in the same format.
+        batch_augment: hold the splits as uint8 tensors on the model's device and augment whole batches there
+            (``datamodules._batched``) instead of image by image in DataLoader workers (``num_workers`` is then
+            unused): the same transforms, distributions and batch order, several times the images/s for small nets,
+            and the only way to feed a GPU. Mid-epoch resume stays exact; the random draws differ from the
+            per-image path's, so the two paths train alike but not bit for bit.
     """
 
     licence = (  # of the default dataset; shown by `zoo info`
@@ -301,6 +307,7 @@ class CIFAR10DataModule(SplitDataModule):
         noise_std: float = 0.0,
         cutout: int = 0,
         num_images: tuple[int, int] = (50_000, 10_000),
+        batch_augment: bool = False,
     ) -> None:
         super().__init__()
         check_augmentation(
@@ -359,6 +366,29 @@ class CIFAR10DataModule(SplitDataModule):
         """``eval_transform`` as data, in the format of a published weights entry: a model that keeps it can read
         images it is given the way it read its test split."""
         return {"input_size": [3, 32, 32], "scale": "uint8 / 255", "mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}
+
+    def _loader(self, split: str, train: bool):
+        if not self.hparams.batch_augment:
+            return super()._loader(split, train)
+        h, ds, trainer = self.hparams, getattr(self, f"{split}_set"), self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if train:
+            aug = {k: h[k] for k in AUGMENT_ARGS}
+            transform, batch = BatchAugment(**aug, size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD), h.batch_size
+        else:
+            transform, batch = BatchAugment(mean=CIFAR10_MEAN, std=CIFAR10_STD), h.eval_batch_size
+        return ResidentBatches(
+            ds.images,
+            ds.labels,
+            transform,
+            batch,
+            shuffle=train,
+            device=device,
+            seed=run_seed(),
+            world=world,
+            rank=rank,
+        )
 
     # -- splits --------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
