@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_matrix import FP16_AMP, PRECISIONS, ToyData, markdown_table, quiet_lightning, run_matrix  # noqa: E402
+from _common import quiet_lightning  # noqa: E402
+from precision_matrix import FP16_AMP, PRECISIONS, ToyData, markdown_table, run_matrix  # noqa: E402
 
 import zoo  # noqa: E402
 

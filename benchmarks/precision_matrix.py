@@ -23,6 +23,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from _common import quiet_lightning
 from lightning.pytorch.plugins import MixedPrecision
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -308,16 +309,6 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(cell)
     print(markdown_table(cells))
     return int(any(c.status == "fail" for c in cells))
-
-
-def quiet_lightning() -> None:
-    """Silence the Trainer's banners and the data's summaries: for the scripts' own processes only (set in a test's
-    process, it would hide every later test's log records)."""
-    import logging
-
-    for logger in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(logger).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
 
 
 if __name__ == "__main__":
