@@ -1,6 +1,7 @@
 """What every task shares: the optimiser and per-step schedule from its hyperparameters, a record of the
-DataModule class in each checkpoint (so that ``zoo publish`` can rebuild the data it was trained on), and the
-restore of resumable train loaders when a run resumes mid-epoch."""
+DataModule class in each checkpoint (so that ``zoo publish`` can rebuild the data it was trained on), the
+restore of resumable train loaders when a run resumes mid-epoch, and ``torch.compile`` of the net while it fits
+(``compile``; ``zoo.tasks._compile``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from zoo._registry import check_task
+from zoo.tasks._compile import compile_net, uncompile_net
 from zoo.tasks._distributed import build_described_net, describe_net, refuse_sync_batchnorm_off_gpu, rewrap
 from zoo.tasks._optim import LENGTHLESS, OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule, check_choice
 from zoo.tasks._precision import PrecisionGuard
@@ -39,6 +41,9 @@ class Task(L.LightningModule):
     - ``unfreeze_epoch=N``: with ``freeze="backbone"``, the backbone starts training at epoch N (the head is
       trained alone first so that its random start does not wreck the pretrained features; Howard & Ruder 2018).
     - ``backbone_lr_mult``: the backbone's learning rate relative to ``lr`` (e.g. 0.1).
+
+    And one speed switch: ``compile`` (True, False, or None for the family's ``compile_default``) compiles the net
+    with ``torch.compile`` while a run fits (see ``zoo.tasks._compile``); checkpoints and state dicts are the same.
     """
 
     monitor: tuple[str, str] = ("val_loss", "min")  # what ModelCheckpoint selects on in train.py
@@ -52,6 +57,11 @@ class Task(L.LightningModule):
     # net embeddings that gained rows the published weights lack -> which of their rows the weights know (dim 0)
     known_rows: dict[str, torch.Tensor] = {}
     weights: Weights | None = None  # the published weights of ``pretrained``, resolved once
+    # what ``compile=None`` means for the family: off unless torch.compile clearly wins on its training step
+    # (benchmarks/compile_speed.py) and compiles reliably, so that tests and first runs do not pay its compile time
+    compile_default: bool = False
+    # hyperparameters that change how fast a run trains, not what it computes: a resume may set them otherwise
+    speed_kwargs: tuple[str, ...] = ("compile",)
 
     @classmethod
     def headline_metric(cls) -> tuple[str, float]:
@@ -197,13 +207,27 @@ class Task(L.LightningModule):
                     "would average nothing and save an empty checkpoint: it works with the image tasks, not yet here"
                 )
 
+    def compiles(self) -> bool:
+        """Whether fitting compiles the net: the ``compile`` hyperparameter, or the family's default when None (and
+        for checkpoints from before it existed)."""
+        value = self.hparams.get("compile")
+        return type(self).compile_default if value is None else bool(value)
+
     def configure_model(self) -> None:
-        """Before the strategy wraps the model (``zoo.tasks._distributed``): refuse SyncBatchNorm off GPUs, and
-        freeze the backbone (DDP then leaves out what does not train)."""
+        """Before the strategy moves and wraps the model (``zoo.tasks._distributed``), and after ``setup`` built a
+        text task's net from the data: refuse SyncBatchNorm off GPUs, freeze the backbone (DDP then leaves out what
+        does not train), and compile the net when ``compiles()`` (``zoo.tasks._compile``)."""
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             refuse_sync_batchnorm_off_gpu(self)
             if self.backbone_frozen(self.current_epoch) != self._frozen:
                 self._set_frozen(not self._frozen)
+            if self.compiles() and self.net is not None:
+                compile_net(self.net, self.hparams.arch, self.trainer.strategy.root_device.type)
+
+    def on_fit_end(self) -> None:
+        """The net is eager again after the fit: what is exported, evaluated or predicted next is the plain net (the
+        compiled call would recompile for every new use)."""
+        uncompile_net(self.net)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """Seed this batch's randomness (dropout ...) from (run seed, epoch, batch, rank), so that a run resumed
@@ -243,6 +267,8 @@ class Task(L.LightningModule):
         bad = [f"{k} must be {rule}, got {h[k]!r}" for k, (ok, rule) in rules.items() if not ok]
         if bad:
             raise ValueError("; ".join(bad))
+        if h.get("compile") not in (None, True, False):
+            raise ValueError(f"compile must be true, false or None (the family's default); got {h.compile!r}")
         if h.freeze is not None and h.freeze not in FREEZE:
             raise ValueError(f"freeze must be one of {', '.join(FREEZE)} or None; got {h.freeze!r}")
         if h.unfreeze_epoch is not None and (h.freeze is None or h.unfreeze_epoch < 1):

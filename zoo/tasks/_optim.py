@@ -53,9 +53,29 @@ def build_optimizer(
     no_decay: Collection[str] = (),
 ) -> torch.optim.Optimizer:
     groups = param_groups(module, weight_decay, lr, is_head, backbone_lr_mult, no_decay)
+    fused = fused_kwargs(module)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
-    return torch.optim.AdamW(groups, lr=lr, eps=adam_eps(module))
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, **fused)
+    return torch.optim.AdamW(groups, lr=lr, eps=adam_eps(module), **fused)
+
+
+FUSED_DEVICES = ("cuda",)  # where the fused kernels are chosen: one kernel per step for all the parameters
+
+
+def _device_types(module: nn.Module) -> set[str]:
+    return {p.device.type for p in module.parameters()}
+
+
+def fused_kwargs(module: nn.Module) -> dict:
+    """``{"fused": True}`` when every parameter of ``module`` is a floating-point tensor on CUDA: the optimiser's
+    update is one kernel over all the parameters instead of a few per tensor (or per group of tensors, torch's
+    ``foreach`` default), the fastest of torch's implementations there; else ``{}`` (torch's default: ``foreach``
+    on accelerators, a loop on CPU). Lightning builds the optimisers once the model is on its device."""
+    if _device_types(module) - set(FUSED_DEVICES) or not any(True for _ in module.parameters()):
+        return {}
+    if not all(p.is_floating_point() for p in module.parameters()):
+        return {}
+    return {"fused": True}
 
 
 def adam_eps(module: nn.Module, eps: float = ADAM_EPS) -> float:

@@ -47,6 +47,7 @@ class ImageClassifier(Task):
         warmup_epochs: length of the warm-up (fractions allowed).
         label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016).
         channels_last: keep the net and inputs in NHWC (faster convolutions on CPUs with bf16 and on GPUs).
+        compile: ``torch.compile`` the net while fitting (True / False; None: the family's default, off).
     """
 
     monitor = ("val_acc", "max")  # what ModelCheckpoint selects on in train.py
@@ -86,6 +87,7 @@ class ImageClassifier(Task):
         warmup_epochs: float = 0.0,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        compile: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

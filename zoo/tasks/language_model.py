@@ -42,6 +42,7 @@ class LanguageModel(TextTask):
             only ever sees a zero state at the start of an epoch, and text generated from a fresh state (a
             prompt) is poor; a few resets per epoch teach it to start anywhere. Drawn from a generator seeded
             by the step, so a resumed run draws the same resets.
+        compile: ``torch.compile`` the net while fitting (True / False; None: the family's default, off).
     """
 
     monitor = ("val_loss", "min")
@@ -91,6 +92,7 @@ class LanguageModel(TextTask):
         warmup_epochs: float = 0.0,
         grad_clip: float | None = 1.0,
         reset_prob: float = 0.02,
+        compile: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

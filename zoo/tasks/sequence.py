@@ -47,6 +47,7 @@ class SequenceClassifier(TextTask):
         label_smoothing: cross-entropy label smoothing.
         class_weighted: weight the loss by the DataModule's ``class_weights`` (inverse class frequency).
         grad_clip: gradient-norm clipping (Pascanu et al. 2013); ``--trainer.gradient_clip_val`` overrides it.
+        compile: ``torch.compile`` the net while fitting (True / False; None: the family's default, off).
     """
 
     monitor = ("val_acc", "max")
@@ -108,6 +109,7 @@ class SequenceClassifier(TextTask):
         label_smoothing: float = 0.0,
         class_weighted: bool = False,
         grad_clip: float | None = 1.0,
+        compile: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -50,6 +50,7 @@ class Tagger(Task):
         pretrained: published weights ``name.tag`` to start from; their vocabularies come with them (data with
             others: known words, characters and tags keep their rows, the rest start fresh).
         freeze, unfreeze_epoch, backbone_lr_mult: fine-tuning, the same in every task (see :class:`Task`).
+        compile: ``torch.compile`` the net while fitting (True / False; None: the family's default, off).
     """
 
     monitor = ("val_score", "max")  # span F1 for chunk tags (BIO ...), token accuracy for POS
@@ -128,6 +129,7 @@ class Tagger(Task):
         schedule: str = "cosine",
         warmup_epochs: float = 0.0,
         grad_clip: float | None = 5.0,
+        compile: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -45,6 +45,7 @@ class Seq2Seq(Task):
         label_smoothing: of the training loss (Szegedy et al. 2016).
         beam, alpha, max_len_a, max_len_b: test-time beam search and its length limit ``a * |src| + b``.
         max_source_len: longer sources are refused by ``translate`` (split them into sentences).
+        compile: ``torch.compile`` the net while fitting (True / False; None: the family's default, off).
     """
 
     monitor = ("val_bleu", "max")
@@ -110,6 +111,7 @@ class Seq2Seq(Task):
         max_len_a: float = 1.5,
         max_len_b: int = 10,
         max_source_len: int = 256,
+        compile: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
