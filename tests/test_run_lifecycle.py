@@ -123,13 +123,16 @@ def test_resume_refuses_another_model_or_other_options_and_never_goes_back(cifar
     assert "holds lenet5" in msg and "--model is resnet20" in msg
     msg = error_line(train(lenet(cifar_dir, *short, "--model.lr", "0.5", "--ckpt_path", "last"), tmp_path, status=2))
     assert "--model.lr 0.5 (checkpoint: 0.02)" in msg
-    # resuming from best.ckpt (step 3 or 6) while last.ckpt is at step 6: a new folder unless best is the furthest
+    # resuming from best.ckpt (step 3 or 6) while last.ckpt is at step 6: a new folder unless best is the furthest;
+    # a speed switch (--model.compile, None in the checkpoint) may differ
     res = train(
         lenet(
             cifar_dir,
             *short,
             "--model.lr",
             "0.02",
+            "--model.compile",
+            "false",
             "--trainer.max_epochs",
             "3",
             "--ckpt_path",

@@ -167,9 +167,10 @@ class ZooCLI(LightningCLI):
                 f"--ckpt_path {ckpt} holds {hp['arch']} ({theirs.rsplit('.', 1)[-1]}), but --model is {mine['arch']} "
                 f"({type(self.model).__name__}): pass --model {hp['arch']} to use it, or leave out --ckpt_path"
             )
+        speed = set(getattr(self.model, "speed_kwargs", ()))  # how fast, not what is trained: free to change
         differ = {
             k: (mine[k], hp[k])
-            for k in mine.keys() & hp.keys()
+            for k in mine.keys() & hp.keys() - speed
             if not k.startswith("_") and mine[k] is not None and plain_value(mine[k]) != plain_value(hp[k])
         }
         if self.subcommand != "fit":

@@ -51,6 +51,7 @@ class ImageClassifier(Task):
     """
 
     monitor = ("val_acc", "max")  # what ModelCheckpoint selects on in train.py
+    train_metrics = ("train_acc",)
     tta_modes = ("flip",)  # test-time augmentation: the mean of the probabilities of the image and its mirror
     tta: str | None = None  # off unless asked for (zoo evaluate / predict --tta flip): never in a headline figure
     weights_kwargs = ("num_classes", "in_chans", "net_kwargs")  # what rebuilds the net of published weights
@@ -119,7 +120,8 @@ class ImageClassifier(Task):
 
     def _metrics(self, num_classes: int) -> None:
         k5 = min(5, num_classes)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args=False: cross_entropy has checked the labels, and the checks cost more than the update
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         for stage in ("val", "test"):
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
             setattr(self, f"{stage}_acc5", MulticlassAccuracy(num_classes, top_k=k5, average="micro"))
@@ -180,9 +182,8 @@ class ImageClassifier(Task):
         x, y = batch
         logits = self(x)
         loss = self._loss(logits, y)
-        self.train_acc(logits, y)
+        self.train_acc.update(logits.detach(), y)  # logged at the epoch's end (Task.train_metrics)
         self.log("train_loss", loss, prog_bar=True)
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
     def probabilities(self, x: torch.Tensor, tta: str | None = None) -> torch.Tensor:

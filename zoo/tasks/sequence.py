@@ -51,6 +51,7 @@ class SequenceClassifier(TextTask):
     """
 
     monitor = ("val_acc", "max")
+    train_metrics = ("train_acc",)
 
     @classmethod
     def describe(cls, metrics: dict, split: str) -> str:
@@ -221,7 +222,8 @@ class SequenceClassifier(TextTask):
             mean_loss = getattr(self, f"{stage}_mean_loss")
             mean_loss.update(loss.detach(), n)
         self.log(f"{stage}_loss", loss if train else mean_loss, prog_bar=train, batch_size=n)
-        self.log(f"{stage}_acc", acc, prog_bar=not train, on_step=False, on_epoch=True, batch_size=n)
+        if not train:  # the training accuracy is logged at the epoch's end (Task.train_metrics)
+            self.log(f"{stage}_acc", acc, prog_bar=True, batch_size=n)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
