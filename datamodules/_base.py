@@ -217,6 +217,7 @@ class SplitDataModule(SplitLoaders):
         h = self.hparams
         ds = getattr(self, f"{split}_set")
         workers = {"num_workers": h.num_workers, "persistent_workers": h.num_workers > 0}
+        workers["pin_memory"] = h.get("pin_memory", False)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         if not train:

@@ -269,6 +269,8 @@ class CIFAR10DataModule(SplitDataModule):
         download: download the canonical archive when no files are found.
         val_size: images held out of the 50,000 for validation (model selection).
         split_seed: seed of the train/val permutation (fixed across runs so val stays unseen).
+        pin_memory: batches in page-locked memory, so that the copy to a CUDA device overlaps the step (CUDA
+            only; nothing on a CPU).
         hflip, vflip: probability of a horizontal / vertical flip.
         crop_padding: pad by this many pixels and crop 32x32 back at random (0: off).
         padding_mode: ``constant`` (zeros, as He et al.) or ``reflect``.
@@ -295,6 +297,7 @@ class CIFAR10DataModule(SplitDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 512,
         num_workers: int = 2,
+        pin_memory: bool = False,
         download: bool = True,
         val_size: int = 5000,
         split_seed: int = 0,

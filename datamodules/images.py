@@ -216,6 +216,8 @@ class ImageFolderDataModule(SplitDataModule):
             such split; each in [0, 1), together < 1. 0 leaves that split empty.
         split_seed: seed of the per-class permutation (fixed so val and test stay unseen across runs) and of the
             images drawn for the statistics.
+        pin_memory: batches in page-locked memory, so that the copy to a CUDA device overlaps the step (CUDA
+            only; nothing on a CPU).
         hflip, vflip, crop_padding, padding_mode, rotation, scale, noise_std, cutout: as in CIFAR10DataModule
             (``cutout`` at most ``image_size``).
         mean, std: per-channel normalisation; None computes them on up to 2,000 train images at ``setup``, logs
@@ -235,6 +237,7 @@ class ImageFolderDataModule(SplitDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 256,
         num_workers: int = 2,
+        pin_memory: bool = False,
         hflip: float = 0.5,
         vflip: float = 0.0,
         crop_padding: int = 4,

@@ -114,6 +114,13 @@ def test_loader_batches(cifar_dir):
     assert abs(x.mean().item()) < 3
 
 
+@pytest.mark.parametrize("pin", [False, True])
+def test_pin_memory_reaches_every_loader(cifar_dir, pin):
+    dm = dm_for(cifar_dir, pin_memory=pin)
+    dm.setup()
+    assert [dl.pin_memory for dl in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader())] == [pin] * 3
+
+
 # -- bad input ----------------------------------------------------------------------------------------------
 def test_missing_offline_without_download(tmp_path):
     dm = dm_for(tmp_path / "empty", download=False)
