@@ -6,8 +6,11 @@ transition/start/end gradients within 1e-5 of the mean count per tag, paths exac
     OMP_NUM_THREADS=1 python benchmarks/crf.py            # B=32 T=40 K=17, B=256 T=128 K=9 and K=50 on the CPU
     python benchmarks/crf.py --sizes 32x40x17 --device cuda
 
-Needs `pip install pytorch-crf` (a test-only dependency). Prints the hardware and versions, then milliseconds per
-call (median of --repeats, each repeat the mean of a few calls) and the speed-up over pytorch-crf."""
+Needs `pip install pytorch-crf` (a test-only dependency). Times are CPU time of this process
+(`time.process_time`, so another process's load does not count; on CUDA, wall time with synchronisation): ours and
+pytorch-crf alternate, block by block (each block a few calls, ~20 ms), over --repeats pairs. Prints the hardware and
+versions, then the median milliseconds per call of each, and the speed-up: the median over pairs of the ratio
+pytorch-crf / zoo within a pair (a load that changes over time hits both sides of a pair alike)."""
 
 from __future__ import annotations
 
@@ -22,22 +25,31 @@ import torch
 from zoo.nets.crf import CRF
 
 
-def median_ms(fn, repeats: int, device: str) -> float:
-    fn()  # warm-up
-    t0 = time.perf_counter()
-    fn()
-    calls = max(1, min(10, int(0.02 / max(time.perf_counter() - t0, 1e-6))))  # ~20 ms a repeat
-    times = []
-    for _ in range(repeats):
+def paired_ms(fast, slow, repeats: int, device: str) -> tuple[float, float, float]:
+    """(zoo ms, reference ms, speed-up): medians over ``repeats`` alternating blocks of calls (see the docstring)."""
+    clock = time.perf_counter if device == "cuda" else time.process_time
+
+    def block(fn, calls: int) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(calls):
             fn()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) / calls)
-    return 1000 * statistics.median(times)
+        return (clock() - t0) / calls
+
+    calls = []
+    for fn in (fast, slow):
+        fn()  # warm-up
+        calls.append(max(1, min(50, int(0.02 / max(block(fn, 1), 1e-6)))))  # ~20 ms a block
+    mine, ref = [], []
+    for i in range(repeats):
+        order = ((fast, calls[0], mine), (slow, calls[1], ref))
+        for fn, n, out in order if i % 2 == 0 else order[::-1]:  # alternate which side goes first
+            out.append(block(fn, n))
+    ratio = statistics.median(r / m for m, r in zip(mine, ref))
+    return 1000 * statistics.median(mine), 1000 * statistics.median(ref), ratio
 
 
 def cpu_name() -> str:
@@ -96,24 +108,26 @@ def bench(B: int, T: int, K: int, dev: str, repeats: int) -> None:
         ),
     }
     for name, (fast, slow) in rows.items():
-        m, r = median_ms(fast, repeats, dev), median_ms(slow, repeats, dev)
-        print(f"| {B}x{T}x{K} | {name} | {m:.2f} | {r:.2f} | {r / m:.2f}x |")
+        m, r, ratio = paired_ms(fast, slow, repeats, dev)
+        print(f"| {B}x{T}x{K} | {name} | {m:.3f} | {r:.3f} | {ratio:.2f}x |", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="32x40x17,256x128x9,256x128x50", help="BxTxK, comma-separated")
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=31, help="alternating pairs of blocks")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     import torchcrf
 
     dev = args.device
+    torch.set_num_threads(args.threads)
     hw = torch.cuda.get_device_name() if dev == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} thread(s)"
     version = getattr(torchcrf, "__version__", "installed")
     print(f"{hw}; torch {torch.__version__}, pytorch-crf {version}, Python {platform.python_version()}")
     print("checked first at every size: NLL and gradients within 1e-5 of pytorch-crf in float64, paths equal\n")
-    print("| B x T x K | | zoo ms | pytorch-crf ms | speed-up |\n|---|---|---|---|---|")
+    print("| B x T x K | | zoo ms (CPU) | pytorch-crf ms (CPU) | speed-up (median of pairs) |\n|---|---|---|---|---|")
     for size in args.sizes.split(","):
         B, T, K = (int(v) for v in size.lower().split("x"))
         bench(B, T, K, dev, args.repeats)
