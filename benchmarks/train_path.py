@@ -138,14 +138,16 @@ def timed_batches(loader, data: dict, batches: int, step) -> float:
     raise ValueError(f"the training split holds fewer than {WARMUP + batches} batches: use a smaller --batches")
 
 
-MEASURES = {  # name -> (function, batch_augment)
-    "loader, per-image": (loader_alone, False),
-    "loader, batched": (loader_alone, True),
-    "net step, resident batch": (step_alone, True),
-    "plain loop, per-image": (plain_loop, False),
-    "train.py path, per-image": (through_trainer, False),
-    "plain loop, batched": (plain_loop, True),
-    "train.py path, batched": (through_trainer, True),
+MEASURES = {  # name -> (function, batch_augment, threads: the training threads, or those plus the loader workers')
+    "loader, per-image": (loader_alone, False, "threads"),
+    "loader, batched": (loader_alone, True, "threads"),
+    "net step, resident batch": (step_alone, True, "threads"),
+    "plain loop, per-image": (plain_loop, False, "threads"),
+    "train.py path, per-image": (through_trainer, False, "threads"),
+    "plain loop, batched": (plain_loop, True, "threads"),
+    "train.py path, batched": (through_trainer, True, "threads"),
+    # the batched path has no loader workers: the cores they took go to the training threads
+    "train.py path, batched, +workers' cores": (through_trainer, True, "threads+workers"),
 }
 
 
@@ -162,21 +164,27 @@ def main() -> int:
     for model in args.models:
         task, data, trainer = recipe(model)
         task["name"] = task.pop("arch")
-        speed = {name: 0.0 for name in MEASURES}
+        workers = data.get("num_workers", 2)
+        measures = {k: v for k, v in MEASURES.items() if workers or v[2] == "threads"}
+        speed = {name: 0.0 for name in measures}
         for _ in range(args.repeats):
-            for name, (measure, batched) in MEASURES.items():
+            for name, (measure, batched, threads) in measures.items():
+                torch.set_num_threads(args.threads + (workers if threads == "threads+workers" else 0))
                 speed[name] = max(speed[name], measure(task, data, trainer, batched, args.batches))
         setting = f"{trainer.get('precision', '32-true')}, channels_last={bool(task.get('channels_last'))}"
-        print(f"\n{model} ({setting}, batch {data['batch_size']}, {data.get('num_workers', 2)} loader worker(s))")
+        print(
+            f"\n{model} ({setting}, batch {data['batch_size']}, {workers} loader worker(s), {args.threads} thread(s))"
+        )
         for name, v in speed.items():
-            print(f"  {name:<28} {v:9,.0f} img/s")
+            print(f"  {name:<40} {v:9,.0f} img/s")
         for path in ("per-image", "batched"):
             ratio = speed[f"train.py path, {path}"] / speed[f"plain loop, {path}"]
             failed |= ratio < 0.95
             verdict = "(guard >= 0.95)" if ratio >= 0.95 else "BELOW the 0.95 guard"
-            print(f"  train.py / plain loop, {path:<10} {ratio:5.2f}x  {verdict}")
-        gain = speed["train.py path, batched"] / speed["train.py path, per-image"]
-        print(f"  batched / per-image, train.py path {gain:5.2f}x")
+            print(f"  train.py path / plain loop, {path:<23} {ratio:5.2f}x  {verdict}")
+        for name in [k for k in measures if k.startswith("train.py path, batched")]:
+            gain = speed[name] / speed["train.py path, per-image"]
+            print(f"  train.py path, {name.replace('train.py path, ', ''):<27} / per-image {gain:5.2f}x")
     return int(failed)
 
 
