@@ -17,6 +17,8 @@ et al. 2005): :meth:`CRF.perceptron_loss`, :meth:`CRF.hinge_loss`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -108,10 +110,9 @@ class CRF(nn.Module):
 
     # -- scores with the constraints applied ------------------------------------------------------------------
     def _potentials(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        neg = torch.tensor(NEG, device=self.transitions.device)
-        trans = torch.where(self.allowed, self.transitions.float(), neg)
-        start = torch.where(self.allowed_start, self.start.float(), neg)
-        end = torch.where(self.allowed_end, self.end.float(), neg)
+        trans = torch.where(self.allowed, self.transitions.float(), NEG)
+        start = torch.where(self.allowed_start, self.start.float(), NEG)
+        end = torch.where(self.allowed_end, self.end.float(), NEG)
         return trans, start, end
 
     def _compact(self, emissions: torch.Tensor, mask: torch.Tensor | None, tags: torch.Tensor | None = None):
@@ -128,8 +129,11 @@ class CRF(nn.Module):
         if mask.shape != (B, T):
             raise ValueError(f"mask must be (batch, time) = {(B, T)}; got {tuple(mask.shape)}")
         lengths = mask.sum(1)
-        if not torch.compiler.is_compiling() and bool((lengths == 0).any()):
-            raise ValueError("a sequence has no position left by its mask: every sequence needs one token or more")
+        if not torch.compiler.is_compiling():
+            if bool((lengths == 0).any()):
+                raise ValueError("a sequence has no position left by its mask: every sequence needs one token or more")
+            if torch.equal(mask, torch.arange(T, device=mask.device)[None] < lengths[:, None]):
+                return emissions, tags, lengths, None  # a mask of lengths: nothing to move
         # kept positions first, in order (the identity for a mask of lengths); no data-dependent branch: exportable
         order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
         emissions = emissions.gather(1, order[..., None].expand(-1, -1, self.num_tags))
@@ -185,11 +189,18 @@ class CRF(nn.Module):
         (over sequences), ``sum``, ``token_mean`` (over kept positions) or ``none`` (B,)."""
         trans, start, end = self._potentials()
         e, y, lengths, _ = self._compact(emissions, mask, tags.long())
-        kept = torch.arange(y.shape[1], device=y.device)[None] < lengths[:, None]
-        if bool(((y < 0) | (y >= self.num_tags))[kept].any()):
+        y = y.masked_fill(torch.arange(y.shape[1], device=y.device)[None] >= lengths[:, None], 0)  # 0 after the end
+        low, high = torch.aminmax(y)
+        if int(low) < 0 or int(high) >= self.num_tags:
             raise ValueError(f"tags must be in [0, {self.num_tags}) at every position the mask keeps")
-        log_z = self._log_z(e, lengths, trans, start, end)
-        nll = log_z - self._path_score(e, y.clamp(min=0), lengths, trans, start, end)
+        nll = None
+        if not torch.compiler.is_compiling():  # eager: log Z and the gold score in one kernel, one backward (~5x)
+            nll = _crf_kernels.nll(e, y, lengths, trans, start, end)
+            if not math.isfinite(float(nll.detach().sum())):
+                nll = None
+        if nll is None:  # the log-space recursion (compile / export, or beyond the kernel's fp32 range)
+            log_z = torch.logsumexp(self._forward_alpha(e, lengths, trans, start)[-1] + end, dim=-1)
+            nll = log_z - self._path_score(e, y, lengths, trans, start, end)
         if reduction == "none":
             return nll
         if reduction == "sum":
