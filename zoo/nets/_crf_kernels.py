@@ -27,8 +27,10 @@ against a torch op's ~2-3 us), in torch on other devices.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
+import torch.nn as nn
 
 __all__ = ["log_partition", "nll", "viterbi"]
 
@@ -36,84 +38,96 @@ _NUMPY_BACKTRACE = True  # on the CPU (the torch loop below serves other devices
 _SCALED_BETAS = True  # betas scaled by the forward's c_t (2 ops a step); tests switch it off to run the fallback
 
 
+def _no_autocast(device_type: str):
+    """Autocast off (the recursions stay in the emissions' dtype); a no-op context when it is already off."""
+    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
+
+
 class _Chain(torch.autograd.Function):
     """log Z (B,) of emissions (B, T, K) with lengths (B,) under transitions (K, K), start (K,), end (K,); with
-    ``tags`` (B, T) (0 after each sequence's end), log Z minus the score of the tags (the negative log-likelihood)."""
+    ``tags`` (B, T) (in [0, K) everywhere), log Z minus the score of the tags (the negative log-likelihood)."""
 
     @staticmethod
     def forward(ctx, e, lengths, tags, trans, start, end):
-        with torch.autocast(e.device.type, enabled=False):
+        with _no_autocast(e.device.type):
             B, T, K = e.shape
-            valid = (torch.arange(T, device=e.device)[:, None] < lengths[None])[..., None]  # (T, B, 1)
-            shift = e.amax(-1, keepdim=True).transpose(0, 1).masked_fill(~valid, 0)  # (T, B, 1)
-            # u | 1 (T, B, K + 1): the emission probabilities, 1 on padded steps; the last column carries c_t
-            u = torch.ones(T, B, K + 1, dtype=e.dtype, device=e.device)
-            torch.sub(e.transpose(0, 1), shift, out=u[:, :, :K]).exp_().masked_fill_(~valid, 1.0)
+            valid = torch.arange(T, device=e.device) < lengths.unsqueeze(1)  # (B, T)
+            shift = e.amax(-1, keepdim=True)  # (B, T, 1)
+            # u | 1 (B, T, K + 1): the emission probabilities (max 1 a step), 1 on padded steps; the last column
+            # carries c_t through the multiply
+            u = nn.functional.pad(e - shift, (0, 1)).exp_().masked_fill_(~valid.unsqueeze(2), 1.0)
             c_trans, c_start, c_end = trans.max(), start.max(), end.max()
-            M, S, E = (trans - c_trans).exp(), (start - c_start).exp(), (end - c_end).exp()
-            # (K + 1, K + 1): M with its row sums as a last column (-> c_t = sum(pre_t)), a zero last row
-            M_aug = torch.zeros(K + 1, K + 1, dtype=M.dtype, device=M.device)
-            M_aug[:K, :K], M_aug[:K, K] = M, M.sum(1)
-            pre = torch.empty_like(u)  # pre_t | c_t
-            pre[0, :, :K], pre[0, :, K] = S, 1.0
-            p_steps, u_steps = pre.unbind(0), u.unbind(0)  # views: no select per step
-            x, a = torch.empty(B, K + 1, dtype=u.dtype, device=u.device), torch.empty_like(u[0])  # a_t | 1
-            torch.mul(pre[0], u[0], out=a)
-            c_x = x[:, K:]
-            for t in range(1, T):
-                torch.mm(a, M_aug, out=p_steps[t])
+            MS = torch.cat([trans - c_trans, (start - c_start).unsqueeze(0)]).exp_()  # (K + 1, K): M, then S
+            MS = torch.cat([MS, MS.sum(1, keepdim=True)], 1)  # (K + 1, K + 1): row sums last (-> c_t = sum pre_t)
+            M_aug, E = MS[:K], (end - c_end).exp()
+            pre = torch.empty(T, B, K + 1, dtype=e.dtype, device=e.device)  # pre_t | c_t
+            p_steps, u_steps = pre.unbind(0), u.unbind(1)  # views: no select per step
+            p_steps[0].copy_(MS[K])  # pre_0 = S, c_0 = sum(S)
+            x, a = torch.empty(B, K + 1, dtype=e.dtype, device=e.device), torch.empty_like(p_steps[0])
+            a_k, c_x = a[:, :K], x[:, K:]
+            for t in range(T):
+                if t:
+                    torch.mm(a_k, M_aug, out=p_steps[t])
                 torch.mul(p_steps[t], u_steps[t], out=x)
                 torch.div(x, c_x, out=a)
-            p, c, u = pre[:, :, :K], pre[:, :, K:], u[:, :, :K]  # (T, B, K), (T, B, 1), (T, B, K)
-            last = (lengths - 1).view(1, B, 1)
-            logs = (c.log() + shift).cumsum(0).gather(0, last).view(B)  # (B,) through each sequence's end
-            at_last = last.expand(1, B, K)
-            a_last = p.gather(0, at_last)[0] * u.gather(0, at_last)[0] / c.gather(0, last)[0]  # (B, K)
-            out = (a_last * E).sum(-1).log() + logs + c_start + (lengths - 1) * c_trans + c_end
-            if tags is not None:
-                out = out - _path_score(e, tags, valid[..., 0].t(), lengths, trans, start, end)
-        ctx.save_for_backward(pre, u, valid, lengths, tags, M, E)
+            p, c = pre[:, :, :K], pre[:, :, K:]  # (T, B, K), (T, B, 1)
+            alphas = p * u[:, :, :K].transpose(0, 1) / c  # (T, B, K): a_t, each summing to <= 1
+            # log Z_t = sum_{s <= t} (log c_s + shift_s) + log(a_t . E), read at each sequence's end, plus the constants
+            log_zt = (c.log() + shift.transpose(0, 1)).squeeze(2).cumsum(0) + (alphas @ E).log()  # (T, B)
+            out = log_zt.gather(0, (lengths - 1).unsqueeze(0)).squeeze(0) + (lengths - 1) * c_trans + c_start + c_end
+            if tags is None:
+                flat = last_tag = None
+            else:
+                flat = (tags[:, :-1] * K + tags[:, 1:]).flatten()  # transitions as indices into trans.flatten()
+                last_tag = tags.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1)
+                emit = (e.gather(2, tags.unsqueeze(2)).squeeze(2) * valid).sum(1)
+                moves = (trans.view(-1).index_select(0, flat).view(B, T - 1) * valid[:, 1:]).sum(1)
+                out = out - (emit + moves + start.index_select(0, tags[:, 0]) + end.index_select(0, last_tag))
+        ctx.save_for_backward(pre, u, alphas, valid, tags, flat, last_tag, M_aug, E)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        pre, u, valid, lengths, tags, M, E = ctx.saved_tensors
-        with torch.autocast(u.device.type, enabled=False):
-            T, B, K = u.shape
-            p, c = pre[:, :, :K], pre[:, :, K:]
-            is_end = torch.arange(T, device=u.device)[:, None, None] == (lengths - 1).view(1, B, 1)  # (T, B, 1)
-            w = _scaled_w(c, u, is_end, M, E) if _SCALED_BETAS else _normalised_w(u, is_end, M, E)
-            pw = p * w
-            norm = pw.sum(-1, keepdim=True)  # (T, B, 1): pre_t . w_t
-            if _SCALED_BETAS and not math.isfinite(float(norm.sum())):  # scaled betas beyond fp32's range
-                w = _normalised_w(u, is_end, M, E)
+        pre, u, alphas, valid, tags, flat, last_tag, M_aug, E = ctx.saved_tensors
+        with _no_autocast(pre.device.type):
+            T, B, K = alphas.shape
+            M, p, c = M_aug[:, :K], pre[:, :, :K], pre[:, :, K:]
+            vf = valid.to(pre.dtype)  # (B, T)
+            ends = vf - nn.functional.pad(vf[:, 1:], (0, 1))  # (B, T): 1 at each sequence's last step
+            u = u[:, :, :K].transpose(0, 1)  # (T, B, K)
+            w = _scaled_w(u, ends, vf, c, M, E) if _SCALED_BETAS else None
+            if w is not None:
+                pw = p * w
+                norm = pw.sum(-1, keepdim=True)  # (T, B, 1): pre_t . w_t
+            if w is None or not math.isfinite(float(norm.sum())):  # scaled betas beyond fp32's range
+                w = _normalised_w(u, ends, M, E)
                 pw = p * w
                 norm = pw.sum(-1, keepdim=True)
-            g = grad.to(pw.dtype).view(1, B, 1)
-            weight = torch.where(valid, g / norm, 0.0)  # (T, B, 1)
-            unary = pw.mul_(weight)  # (T, B, K): d log Z / d emissions
-            # pairwise marginal t-1 -> t: a_{t-1}[i] M[i, j] w_t[j] / (pre_t . w_t), a_t = pre_t u_t / c_t
-            left = (p[:-1] * u[:-1] * (weight[1:] / c[:-1])).reshape(-1, K)
-            d_trans = M * (left.t() @ w[1:].reshape(-1, K))
-            d_start = unary[0].sum(0)
-            d_end = unary.gather(0, (lengths - 1).view(1, B, 1).expand(1, B, K))[0].sum(0)
-            d_e = unary.transpose(0, 1)  # (B, T, K)
+            weight = torch.where(valid.t().unsqueeze(2), grad.to(pw.dtype).view(1, B, 1) / norm, 0.0)  # (T, B, 1)
+            d_e = torch.empty(B, T, K, dtype=pw.dtype, device=pw.device)
+            torch.mul(pw, weight, out=d_e.transpose(0, 1))  # d log Z / d emissions: the unary marginals
+            # pairwise marginal t-1 -> t: a_{t-1}[i] M[i, j] w_t[j] / (pre_t . w_t)
+            d_trans = M * ((alphas[:-1] * weight[1:]).reshape(-1, K).t() @ w[1:].reshape(-1, K))
+            d_start = d_e[:, 0].sum(0)
+            d_end = ends.view(1, B * T) @ d_e.view(B * T, K)  # (1, K)
+            d_end = d_end.view(K)
             if tags is not None:  # minus the gold path's counts
-                gv = (g.view(B, 1) * valid[..., 0].t()).to(d_e.dtype)  # (B, T)
-                d_e.scatter_add_(2, tags[..., None], -gv[..., None])
-                d_trans.view(-1).index_add_(0, (tags[:, :-1] * K + tags[:, 1:]).flatten(), -gv[:, 1:].flatten())
-                d_start.index_add_(0, tags[:, 0], -gv[:, 0])
-                d_end.index_add_(0, tags.gather(1, (lengths - 1)[:, None])[:, 0], -gv[:, 0])
+                gv = vf * -grad.to(vf.dtype).unsqueeze(1)  # (B, T)
+                d_e.scatter_add_(2, tags.unsqueeze(2), gv.unsqueeze(2))
+                d_trans.view(-1).index_add_(0, flat, gv[:, 1:].flatten())
+                d_start.index_add_(0, tags[:, 0], gv[:, 0])
+                d_end.index_add_(0, last_tag, gv[:, 0])
         return d_e, None, None, d_trans, d_start, d_end
 
 
-def _scaled_w(c, u, is_end, M, E):
-    """``w_t = u_t * beta_t`` (T, B, K) with betas scaled by the forward's ``c_{t+1}``: 2 ops a step."""
+def _scaled_w(u, ends, vf, c, M, E):
+    """``w_t = u_t * beta_t`` (T, B, K) with betas scaled by the forward's ``c_{t+1}``: 2 ops a step,
+    ``w_t = u_t * end * [t = L-1] + (w_{t+1} M^T) * u_t * [t < L-1] / c_{t+1}`` (0 after each end)."""
     T, B, K = u.shape
-    coef = torch.cat([torch.where(is_end[:-1], 0.0, 1.0 / c[1:]), torch.zeros_like(c[:1])])  # 1 / c_{t+1}, t < L-1
-    ue, uc = u * (E * is_end), u * coef  # (T, B, K)
-    w = torch.empty_like(u)
+    ue = u * (ends.t().unsqueeze(2) * E)  # (T, B, K)
+    uc = u[:-1] * (vf[:, 1:].t().unsqueeze(2) / c[1:])  # (T - 1, B, K): [t + 1 <= L - 1] / c_{t+1}
+    w = torch.empty_like(ue)
     w[T - 1] = ue[T - 1]
     w_steps, ue_steps, uc_steps = w.unbind(0), ue.unbind(0), uc.unbind(0)
     tmp, Mt = torch.empty(B, K, dtype=u.dtype, device=u.device), M.t()
@@ -123,24 +137,16 @@ def _scaled_w(c, u, is_end, M, E):
     return w
 
 
-def _normalised_w(u, is_end, M, E):
+def _normalised_w(u, ends, M, E):
     """``w_t = u_t * beta_t`` with each beta rescaled to sum 1: always in range, 4 ops a step."""
     T, B, K = u.shape
-    w, b, Mt = torch.empty_like(u), E.expand(B, K), M.t()
+    w, b, Mt, is_end = torch.empty_like(u), E.expand(B, K), M.t(), ends.t().unsqueeze(2).bool()
     for t in range(T - 1, -1, -1):
         if t < T - 1:
             b = torch.mm(w[t + 1], Mt)
             b = torch.where(is_end[t], E, b / b.sum(-1, keepdim=True))
         torch.mul(u[t], b, out=w[t])
     return w
-
-
-def _path_score(e, tags, valid, lengths, trans, start, end) -> torch.Tensor:
-    """The score (B,) of ``tags`` (B, T) (0 after each end) on emissions (B, T, K); ``valid`` (B, T) booleans."""
-    B, T, K = e.shape
-    emit = (e.gather(2, tags[..., None])[..., 0] * valid).sum(1)
-    moves = (trans.view(-1)[tags[:, :-1] * K + tags[:, 1:]] * valid[:, 1:]).sum(1)
-    return emit + moves + start[tags[:, 0]] + end[tags.gather(1, (lengths - 1)[:, None])[:, 0]]
 
 
 def log_partition(e: torch.Tensor, lengths: torch.Tensor, trans, start, end) -> torch.Tensor:
@@ -162,17 +168,21 @@ def viterbi(e: torch.Tensor, lengths: torch.Tensor, trans, start, end) -> torch.
     B, T, K = e.shape
     dt, dev = e.dtype, e.device
     trans, start, end = trans.to(dt), start.to(dt), end.to(dt)
-    e_steps = e.permute(1, 2, 0).contiguous().unbind(0)  # (K, B) each: the batch innermost
-    scores = torch.empty(T, K, B, dtype=dt, device=dev)
-    s_steps, s_prev = scores.unbind(0), scores.unsqueeze(2).unbind(0)  # (K, B) and (K_prev, 1, B) views
-    buf, tr = torch.empty(K, K, B, dtype=dt, device=dev), trans.unsqueeze(2)  # (K_prev, K_next, 1)
-    torch.add(e_steps[0], start[:, None], out=s_steps[0])
+    scores = e.permute(1, 2, 0).contiguous()  # (T, K, B): the emissions, then the best scores; the batch innermost
+    s_steps = scores.unsqueeze(2).unbind(0)  # (K, 1, B) views
+    buf, best, tr = (
+        torch.empty(K, K, B, dtype=dt, device=dev),
+        torch.empty(K, B, dtype=dt, device=dev),
+        trans[..., None],
+    )
+    best_v = best.view(K, 1, B)
+    s_steps[0].add_(start.view(K, 1, 1))
     for t in range(1, T):
-        torch.add(s_prev[t - 1], tr, out=buf)  # (K_prev, K_next, B)
-        torch.amax(buf, 0, out=s_steps[t])
-        s_steps[t].add_(e_steps[t])
+        torch.add(s_steps[t - 1], tr, out=buf)  # (K_prev, K_next, B)
+        torch.amax(buf, 0, out=best)
+        s_steps[t].add_(best_v)
     last_step = lengths - 1
-    final = scores.gather(0, last_step.view(1, 1, B).expand(1, K, B))[0] + end[:, None]  # (K, B)
+    final = scores.gather(0, last_step.view(1, 1, B).expand(1, K, B)).squeeze(0) + end.unsqueeze(1)  # (K, B)
     final_state = final.argmax(0)  # (B,)
     scores_bk = scores.transpose(1, 2).contiguous()  # (T, B, K_prev): rows for the backtrace
     trans_t = trans.t().contiguous()  # (K_next, K_prev)
@@ -180,7 +190,7 @@ def viterbi(e: torch.Tensor, lengths: torch.Tensor, trans, start, end) -> torch.
         return torch.from_numpy(
             _backtrace_numpy(scores_bk.numpy(), trans_t.numpy(), final_state.numpy(), last_step.numpy())
         )
-    is_end = torch.arange(T, device=dev)[:, None] == last_step[None]  # (T, B)
+    is_end = torch.arange(T, device=dev).unsqueeze(1) == last_step  # (T, B)
     path = torch.empty(T, B, dtype=torch.long, device=dev)
     state = final_state
     path[T - 1] = state

@@ -130,7 +130,7 @@ class CRF(nn.Module):
             raise ValueError(f"mask must be (batch, time) = {(B, T)}; got {tuple(mask.shape)}")
         lengths = mask.sum(1)
         if not torch.compiler.is_compiling():
-            if bool((lengths == 0).any()):
+            if not bool(lengths.all()):
                 raise ValueError("a sequence has no position left by its mask: every sequence needs one token or more")
             if torch.equal(mask, torch.arange(T, device=mask.device)[None] < lengths[:, None]):
                 return emissions, tags, lengths, None  # a mask of lengths: nothing to move
@@ -188,8 +188,8 @@ class CRF(nn.Module):
         """Negative log-likelihood ``log Z - score(tags)`` (>= 0): a loss to minimise. ``reduction``: ``mean``
         (over sequences), ``sum``, ``token_mean`` (over kept positions) or ``none`` (B,)."""
         trans, start, end = self._potentials()
-        e, y, lengths, _ = self._compact(emissions, mask, tags.long())
-        y = y.masked_fill(torch.arange(y.shape[1], device=y.device)[None] >= lengths[:, None], 0)  # 0 after the end
+        e, y, lengths, order = self._compact(emissions, mask, tags.long())
+        y = y.masked_fill(~_kept(mask, order, lengths, y.shape[1]), 0)  # 0 after each end
         low, high = torch.aminmax(y)
         if int(low) < 0 or int(high) >= self.num_tags:
             raise ValueError(f"tags must be in [0, {self.num_tags}) at every position the mask keeps")
@@ -234,7 +234,7 @@ class CRF(nn.Module):
         trans, start, end = self._potentials()
         e, _, lengths, order = self._compact(emissions, mask)
         B, T, K = e.shape
-        valid = torch.arange(T, device=e.device)[None] < lengths[:, None]
+        valid = _kept(mask, order, lengths, T)
         if not torch.compiler.is_compiling():  # eager: the kernel without per-step masking (~2x faster)
             paths = _crf_kernels.viterbi(e.detach(), lengths, trans.detach(), start.detach(), end.detach())
             return _restore(paths.to(e.device).masked_fill(~valid, pad), order, 1, pad)
@@ -357,6 +357,14 @@ def viterbi(
 
     _, (paths,) = time_scan(back, last, (pointers,), reverse=True)  # (T, B)
     return paths.masked_fill(~valid, pad).transpose(0, 1)
+
+
+def _kept(mask: torch.Tensor | None, order: torch.Tensor | None, lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, T) booleans, the positions that :meth:`CRF._compact` kept (each sequence's first ``lengths[b]``): the
+    mask itself when the compaction left it in place."""
+    if order is None and mask is not None:
+        return mask.bool()
+    return torch.arange(T, device=lengths.device) < lengths[:, None]
 
 
 def _restore(x: torch.Tensor, order: torch.Tensor | None, dim: int, fill) -> torch.Tensor:
