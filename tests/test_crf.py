@@ -192,14 +192,22 @@ def _log_space_nll(crf, e, tags, m):
     return log_z - crf._path_score(ec, y, lengths, trans, start, end)
 
 
+@pytest.mark.parametrize("betas", ["scaled", "normalised", "overflow"])
 @pytest.mark.parametrize("constrained", [False, True], ids=["free", "BIO"])
-def test_fast_nll_and_gradients_equal_the_log_space_recursion(constrained):
+def test_fast_nll_and_gradients_equal_the_log_space_recursion(constrained, betas, monkeypatch):
+    from zoo.nets import _crf_kernels
+
+    if betas == "normalised":  # the per-step normalised backward recursion instead of the scaled one
+        monkeypatch.setattr(_crf_kernels, "_SCALED_BETAS", False)
+    if betas == "overflow":  # scaled betas beyond fp32's range: the backward must fall back to the normalised ones
+        monkeypatch.setattr(_crf_kernels, "_scaled_w", lambda u, *args: torch.full_like(u, float("inf")))
     allowed, start, end = scheme_constraints(TAGS, "BIO")
     crf = make_crf(len(TAGS), constraints=(allowed, start, end) if constrained else None)
     g = torch.Generator().manual_seed(0)
     e = (3 * torch.randn(4, 5, len(TAGS), generator=g)).requires_grad_()
     tags = torch.zeros(4, 5, dtype=torch.long)  # O everywhere: valid under BIO
-    for m in (masks(), None):
+    prefix = torch.arange(5)[None] < torch.tensor([5, 3, 1, 4])[:, None]  # a mask of lengths: no compaction
+    for m in (masks(), prefix, None):
         params = [e, crf.transitions, crf.start, crf.end]
         fast = crf.nll(e, tags, m, reduction="none")
         ref = _log_space_nll(crf, e, tags, m)
@@ -208,8 +216,8 @@ def test_fast_nll_and_gradients_equal_the_log_space_recursion(constrained):
             torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=0)
 
 
-def test_fast_log_partition_gradcheck():
-    from zoo.nets._crf_kernels import log_partition
+def test_fast_log_partition_and_nll_gradcheck():
+    from zoo.nets._crf_kernels import log_partition, nll
 
     g = torch.Generator().manual_seed(0)
     lengths = torch.tensor([4, 2, 1])
@@ -220,6 +228,29 @@ def test_fast_log_partition_gradcheck():
     assert torch.autograd.gradcheck(
         lambda e, t, s, n: log_partition(e, lengths, t, s, n), (inputs[0], trans, *inputs[1:])
     )
+    tags = torch.randint(0, 3, (3, 4), generator=g)  # any tag after each end: its counts must be ignored
+    assert torch.autograd.gradcheck(lambda e, t, s, n: nll(e, tags, lengths, t, s, n), (inputs[0], trans, *inputs[1:]))
+
+
+@pytest.mark.parametrize("shape", [(1, 6), (3, 1), (1, 1)], ids=["B1", "T1", "B1T1"])
+def test_fast_kernels_at_edge_shapes_leave_the_inputs_untouched(shape):
+    B, T = shape
+    crf = make_crf()
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(B, T, K, generator=g).requires_grad_()
+    before = e.detach().clone()
+    tags = torch.randint(0, K, (B, T), generator=g)
+    m = torch.ones(B, T, dtype=torch.bool)
+    m[1:, T // 2 + 1 :] = False
+    paths = crf.decode(e, m)
+    fast = crf.nll(e, tags, m, reduction="none")
+    assert torch.equal(e.detach(), before)  # B = 1: a permuted view of the emissions is contiguous, not a copy
+    ref = _log_space_nll(crf, e, tags, m)
+    torch.testing.assert_close(fast.double(), ref, atol=1e-5, rtol=1e-6)
+    params = [e, crf.transitions, crf.start, crf.end]
+    for a, b in zip(torch.autograd.grad(fast.sum(), params), torch.autograd.grad(ref.sum(), params)):
+        torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=0)
+    assert torch.equal(paths, crf.viterbi(e, m.sum(1)))
 
 
 def test_fast_log_partition_falls_back_beyond_fp32_range():
@@ -236,7 +267,7 @@ def test_fast_log_partition_falls_back_beyond_fp32_range():
 
 
 @pytest.mark.parametrize("numpy_backtrace", [True, False], ids=["numpy", "torch"])
-@pytest.mark.parametrize("num_tags", [5, 30], ids=["pointers", "recomputed"])
+@pytest.mark.parametrize("num_tags", [5, 30], ids=["K5", "K30"])
 def test_fast_viterbi_equals_the_scan_viterbi(num_tags, numpy_backtrace, monkeypatch):
     monkeypatch.setattr("zoo.nets._crf_kernels._NUMPY_BACKTRACE", numpy_backtrace)
     crf = make_crf(num_tags)

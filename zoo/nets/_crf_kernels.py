@@ -168,7 +168,9 @@ def viterbi(e: torch.Tensor, lengths: torch.Tensor, trans, start, end) -> torch.
     B, T, K = e.shape
     dt, dev = e.dtype, e.device
     trans, start, end = trans.to(dt), start.to(dt), end.to(dt)
-    scores = e.permute(1, 2, 0).contiguous()  # (T, K, B): the emissions, then the best scores; the batch innermost
+    # (T, K, B): the emissions, then the best scores, the batch innermost; a copy (for B = 1 the permuted view is
+    # already contiguous, and .contiguous() would let the loop write into the caller's emissions)
+    scores = e.permute(1, 2, 0).clone(memory_format=torch.contiguous_format)
     s_steps = scores.unsqueeze(2).unbind(0)  # (K, 1, B) views
     buf, best, tr = (
         torch.empty(K, K, B, dtype=dt, device=dev),
