@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import logging
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -34,6 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from _common import header, quiet_lightning  # noqa: E402
 
 from datamodules.charlm import CharLMDataModule, StreamBatches  # noqa: E402
 from zoo.cli.file_loggers import RUN_DIR_ENV  # noqa: E402
@@ -60,14 +60,6 @@ SIZES = {
     ),  # where per-step overheads show
 }
 DROPOUT, LR, WEIGHT_DECAY, GRAD_CLIP, WARMUP_EPOCHS = 0.3, 2e-3, 0.01, 1.0, 0.2  # the recipe's
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def text_file(workdir: Path) -> tuple[Path, str]:
@@ -247,15 +239,14 @@ def main() -> None:
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_lightning()
     with tempfile.TemporaryDirectory() as tmp:
         path, what = text_file(Path(tmp))
         dm = CharLMDataModule(str(path))
         with contextlib.redirect_stderr(io.StringIO()):
             dm.setup("fit")
         ids, vocab = dm.splits["train"], len(dm.vocab)
-        print(f"{cpu_name()}, {args.threads} thread(s); torch {torch.__version__}, lightning {lightning.__version__}")
+        print(header("LanguageModel through train.py's Trainer against a plain nn.LSTM loop (tokens/s)"))
         print(f"{what}: {len(ids):,} training tokens, vocabulary {vocab}")
         print("ratio: train.py tokens/s over the plain loop's (wall clock; of CPU time; per block, min-max)")
         print(
