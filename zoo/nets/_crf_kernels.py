@@ -108,7 +108,7 @@ class _Chain(torch.autograd.Function):
             d_e = torch.empty(B, T, K, dtype=pw.dtype, device=pw.device)
             torch.mul(pw, weight, out=d_e.transpose(0, 1))  # d log Z / d emissions: the unary marginals
             # pairwise marginal t-1 -> t: a_{t-1}[i] M[i, j] w_t[j] / (pre_t . w_t)
-            d_trans = M * ((alphas[:-1] * weight[1:]).reshape(-1, K).t() @ w[1:].reshape(-1, K))
+            d_trans = M * torch.bmm((alphas[:-1] * weight[1:]).transpose(1, 2), w[1:]).sum(0)
             d_start = d_e[:, 0].sum(0)
             d_end = ends.view(1, B * T) @ d_e.view(B * T, K)  # (1, K)
             d_end = d_end.view(K)
