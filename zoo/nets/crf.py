@@ -141,7 +141,7 @@ class CRF(nn.Module):
         return emissions, tags, lengths, order
 
     def _log_z(self, emissions: torch.Tensor, lengths: torch.Tensor, trans, start, end) -> torch.Tensor:
-        """log Z (B,): the exp-space kernel with its hand-written backward in eager mode (~4x faster), the
+        """log Z (B,): the exp-space kernel with its hand-written backward in eager mode, the
         log-space recursion under compile/export or when the kernel's fp32 range is exceeded."""
         if not torch.compiler.is_compiling():
             log_z = _crf_kernels.log_partition(emissions, lengths, trans, start, end)
@@ -194,7 +194,7 @@ class CRF(nn.Module):
         if int(low) < 0 or int(high) >= self.num_tags:
             raise ValueError(f"tags must be in [0, {self.num_tags}) at every position the mask keeps")
         nll = None
-        if not torch.compiler.is_compiling():  # eager: log Z and the gold score in one kernel, one backward (~5x)
+        if not torch.compiler.is_compiling():  # eager: log Z and the gold score in one kernel with its own backward
             nll = _crf_kernels.nll(e, y, lengths, trans, start, end)
             if not math.isfinite(float(nll.detach().sum())):
                 nll = None
@@ -235,7 +235,7 @@ class CRF(nn.Module):
         e, _, lengths, order = self._compact(emissions, mask)
         B, T, K = e.shape
         valid = _kept(mask, order, lengths, T)
-        if not torch.compiler.is_compiling():  # eager: the kernel without per-step masking (~2x faster)
+        if not torch.compiler.is_compiling():  # eager: the values-only kernel, no per-step masking
             paths = _crf_kernels.viterbi(e.detach(), lengths, trans.detach(), start.detach(), end.detach())
             return _restore(paths.to(e.device).masked_fill(~valid, pad), order, 1, pad)
         score, pointers = start + e[:, 0], []
