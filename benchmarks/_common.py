@@ -14,11 +14,12 @@ from zoo.callbacks.training_record import hardware_string
 __all__ = ["header", "quiet_lightning"]
 
 
-def header(title: str) -> str:
-    """``title`` with the hardware, thread count and versions: what a figure printed below it was measured on."""
+def header(title: str, accelerator: str = "cpu") -> str:
+    """``title`` with the hardware (the GPU for ``accelerator="cuda"``), thread count and versions: what a figure
+    printed below it was measured on."""
     bf16 = "avx512_bf16" in open("/proc/cpuinfo").read() if platform.system() == "Linux" else "?"
     return (
-        f"## {title}\n{hardware_string()} (AVX-512 bf16: {bf16}), torch {torch.__version__}, "
+        f"## {title}\n{hardware_string(accelerator)} (AVX-512 bf16: {bf16}), torch {torch.__version__}, "
         f"lightning {lightning.__version__}, python {platform.python_version()}"
     )
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 
 import torch
+from _common import header
 
 from zoo.nets.crf import CRF
 
@@ -50,14 +50,6 @@ def paired_ms(fast, slow, repeats: int, device: str) -> tuple[float, float, floa
             out.append(block(fn, n))
     ratio = statistics.median(r / m for m, r in zip(mine, ref))
     return 1000 * statistics.median(mine), 1000 * statistics.median(ref), ratio
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def bench(B: int, T: int, K: int, dev: str, repeats: int) -> None:
@@ -123,9 +115,8 @@ def main() -> None:
 
     dev = args.device
     torch.set_num_threads(args.threads)
-    hw = torch.cuda.get_device_name() if dev == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} thread(s)"
     version = getattr(torchcrf, "__version__", "installed")
-    print(f"{hw}; torch {torch.__version__}, pytorch-crf {version}, Python {platform.python_version()}")
+    print(header(f"the zoo's CRF against pytorch-crf {version}", dev))
     print("checked first at every size: NLL and gradients within 1e-5 of pytorch-crf in float64, paths equal\n")
     print("| B x T x K | | zoo ms (CPU) | pytorch-crf ms (CPU) | speed-up (median of pairs) |\n|---|---|---|---|---|")
     for size in args.sizes.split(","):
