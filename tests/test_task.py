@@ -74,6 +74,8 @@ def test_learns_the_fixture(cifar_dir):
     )
     trainer.fit(model, dm)
     assert trainer.callback_metrics["val_acc"] > 0.3  # chance is 0.1
+    # the training accuracy, accumulated over each epoch and logged at its end (Task.train_metrics)
+    assert 0.3 < trainer.callback_metrics["train_acc"] <= 1 and model.train_acc.update_count == 0
 
 
 @pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"])
