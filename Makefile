@@ -25,7 +25,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # Every benchmark runs even when one fails (a guard below its bound, a crash); the target fails at the end if any did.
-BENCHMARKS := train_path.py cifar_throughput.py "densenet_concat.py --bf16" loader_throughput.py crf.py \
+BENCHMARKS := train_path.py "cifar_throughput.py --steps 10 --models lenet5 resnet20 resnet56 vgg11_bn" "densenet_concat.py --bf16" loader_throughput.py crf.py \
 	lm_throughput.py seq2seq_decoding.py compile_speed.py wandb_overhead.py
 bench: $(STAMP)
 	@failed=""; for b in $(BENCHMARKS); do \

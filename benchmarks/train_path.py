@@ -10,7 +10,7 @@ loader workers, crop + flip), images/s of
 Ratios are within this process: ``trainer / plain`` is what Lightning costs (guard: >= 0.95), ``batched / per-image``
 what the batched pipeline gains. Each figure is the best of ``--repeats`` runs, alternated. Reads CIFAR-10 from
 ``$ZOO_DATA_DIR`` when it is there, else random images of the same shape (the speed is the same).
-Usage: ``python benchmarks/train_path.py [--models lenet5 resnet20] [--batches 60] [--threads 1] [--repeats 2]``.
+Usage: ``python benchmarks/train_path.py [--models lenet5 resnet20] [--batches 40] [--threads 1] [--repeats 2]``.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ MEASURES = {  # name -> (function, batch_augment, threads: the training threads,
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["lenet5", "resnet20"])
-    p.add_argument("--batches", type=int, default=60, help="timed batches per measurement (after 5 of warm-up)")
+    p.add_argument("--batches", type=int, default=40, help="timed batches per measurement (after 5 of warm-up)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="runs of each measurement, alternated; the best is shown")
     args = p.parse_args()
