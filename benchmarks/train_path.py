@@ -6,7 +6,7 @@ Per model, with its recipe's settings (``configs/<model>.cifar10.yaml``: precisi
 loader workers, crop + flip), images/s of
 - the loaders alone: the per-image DataLoader, and the resident batches with the same augmentation;
 - the net's training step alone on one resident batch (what no loader can beat);
-- a plain loop (autocast, SGD with momentum) and the Trainer, each over each loader.
+- a plain loop (autocast, SGD with Nesterov momentum as the task's) and the Trainer, each over each loader.
 Ratios are within this process: ``trainer / plain`` is what Lightning costs (guard: >= 0.95), ``batched / per-image``
 what the batched pipeline gains. Each figure is the best of ``--repeats`` runs, alternated. Reads CIFAR-10 from
 ``$ZOO_DATA_DIR`` when it is there, else random images of the same shape (the speed is the same).
@@ -49,8 +49,10 @@ class RandomCIFAR10(CIFAR10DataModule):
 def recipe(model: str) -> tuple[dict, dict, dict]:
     """(task, data, trainer) arguments of ``configs/<model>.cifar10.yaml``."""
     cfg = yaml.safe_load((CONFIGS / f"{model}.cifar10.yaml").read_text())
-    task = dict(cfg["model"]["init_args"])
-    return task, dict(cfg["data"]["init_args"]), cfg.get("trainer", {})
+    task, data = dict(cfg["model"]["init_args"]), dict(cfg["data"]["init_args"])
+    data.pop("batch_augment", None)  # both paths are measured
+    data.setdefault("num_workers", 1)  # the per-image path as the 2-core recipes ran it
+    return task, data, cfg.get("trainer", {})
 
 
 def datamodule(data: dict, batch_augment: bool) -> CIFAR10DataModule:
@@ -114,7 +116,9 @@ def timed_steps(loader, task: dict, data: dict, trainer: dict, batches: int) -> 
     net = zoo.create_model(**task).net
     fmt = torch.channels_last if task.get("channels_last") else torch.contiguous_format
     net = net.to(memory_format=fmt).train()
-    opt = torch.optim.SGD(net.parameters(), lr=task["lr"], momentum=0.9, weight_decay=task["weight_decay"])
+    opt = torch.optim.SGD(
+        net.parameters(), lr=task["lr"], momentum=0.9, nesterov=True, weight_decay=task["weight_decay"]
+    )
     bf16 = trainer.get("precision") == "bf16-mixed"
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
