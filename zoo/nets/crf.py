@@ -25,7 +25,7 @@ import torch.nn as nn
 from zoo.nets import _crf_kernels
 from zoo.nets._scan import time_scan
 
-__all__ = ["CRF", "scheme_constraints", "viterbi", "SCHEMES"]
+__all__ = ["CRF", "register_constraints", "scheme_constraints", "viterbi", "SCHEMES"]
 
 SCHEMES = ("BIO", "IOB1", "BIOES", "BILOU")
 NEG = -1e4  # the score of an impossible transition: finite (no inf - inf), far below any real path
@@ -79,6 +79,29 @@ def scheme_constraints(tags: list[str], scheme: str) -> tuple[torch.Tensor, torc
     return allowed, start, end
 
 
+def register_constraints(
+    module: nn.Module,
+    num_tags: int,
+    allowed: torch.Tensor | None,
+    allowed_start: torch.Tensor | None,
+    allowed_end: torch.Tensor | None,
+) -> None:
+    """Give ``module`` the boolean buffers ``allowed`` (K, K) [from, to], ``allowed_start`` and ``allowed_end`` (K,):
+    everything allowed where None, checked for shape and for a valid path of every length (the CRF's and the HMM's
+    transition constraints)."""
+    K, ones = num_tags, torch.ones(num_tags, dtype=torch.bool)
+    # copies: buffers that share memory cannot be saved as safetensors
+    allowed = torch.ones(K, K, dtype=torch.bool) if allowed is None else allowed.bool().clone()
+    allowed_start = (ones if allowed_start is None else allowed_start).bool().clone()
+    allowed_end = (ones if allowed_end is None else allowed_end).bool().clone()
+    if allowed.shape != (K, K) or allowed_start.shape != (K,) or allowed_end.shape != (K,):
+        raise ValueError(f"constraints must be ({K}, {K}) and ({K},) booleans")
+    _check_feasible(allowed, allowed_start, allowed_end)
+    module.register_buffer("allowed", allowed)
+    module.register_buffer("allowed_start", allowed_start)
+    module.register_buffer("allowed_end", allowed_end)
+
+
 class CRF(nn.Module):
     """A linear-chain CRF over ``num_tags`` tags (see the module docstring)."""
 
@@ -96,17 +119,7 @@ class CRF(nn.Module):
         self.transitions = nn.Parameter(torch.empty(num_tags, num_tags).uniform_(-0.1, 0.1))
         self.start = nn.Parameter(torch.empty(num_tags).uniform_(-0.1, 0.1))
         self.end = nn.Parameter(torch.empty(num_tags).uniform_(-0.1, 0.1))
-        ones = torch.ones(num_tags, dtype=torch.bool)
-        allowed = torch.ones(num_tags, num_tags, dtype=torch.bool) if allowed is None else allowed.bool()
-        # copies: buffers that share memory cannot be saved as safetensors
-        allowed_start = (ones if allowed_start is None else allowed_start).bool().clone()
-        allowed_end = (ones if allowed_end is None else allowed_end).bool().clone()
-        if allowed.shape != (num_tags, num_tags) or allowed_start.shape != allowed_end.shape != (num_tags,):
-            raise ValueError(f"constraints must be ({num_tags}, {num_tags}) and ({num_tags},) booleans")
-        _check_feasible(allowed, allowed_start, allowed_end)
-        self.register_buffer("allowed", allowed)
-        self.register_buffer("allowed_start", allowed_start)
-        self.register_buffer("allowed_end", allowed_end)
+        register_constraints(self, num_tags, allowed, allowed_start, allowed_end)
 
     # -- scores with the constraints applied ------------------------------------------------------------------
     def _potentials(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

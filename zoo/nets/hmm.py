@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from zoo.nets.crf import NEG, _check_feasible, viterbi
+from zoo.nets.crf import NEG, register_constraints, viterbi
 
 __all__ = ["HMM"]
 
@@ -56,16 +56,8 @@ class HMM(nn.Module):
                 "transition the training set never has would get probability 0 and log-probability -inf"
             )
         self.num_tags, self.smoothing = num_tags, float(smoothing)
-        K, ones = num_tags, torch.ones(num_tags, dtype=torch.bool)
-        allowed = torch.ones(K, K, dtype=torch.bool) if allowed is None else allowed.bool().clone()
-        allowed_start = (ones if allowed_start is None else allowed_start).bool().clone()
-        allowed_end = (ones if allowed_end is None else allowed_end).bool().clone()
-        if allowed.shape != (K, K) or allowed_start.shape != (K,) or allowed_end.shape != (K,):
-            raise ValueError(f"constraints must be ({K}, {K}) and ({K},) booleans")
-        _check_feasible(allowed, allowed_start, allowed_end)
-        self.register_buffer("allowed", allowed)
-        self.register_buffer("allowed_start", allowed_start)
-        self.register_buffer("allowed_end", allowed_end)
+        register_constraints(self, num_tags, allowed, allowed_start, allowed_end)
+        K = num_tags
         for name, shape in (("tag", (K,)), ("start", (K,)), ("transition", (K, K)), ("end", (K,))):
             self.register_buffer(f"{name}_counts", torch.zeros(shape, dtype=torch.long))
 
