@@ -109,18 +109,18 @@ class HMM(nn.Module):
         return self.tag_counts, self.start_counts, self.transition_counts, self.end_counts
 
     # -- decoding ---------------------------------------------------------------------------------------------
-    def scaled_log_likelihoods(self, logits: torch.Tensor) -> torch.Tensor:
+    def scaled_log_likelihoods(self, logits: torch.Tensor, log_prior: torch.Tensor | None = None) -> torch.Tensor:
         """``log p(y_t | x) - log p(y)`` (B, T, K) in fp32: the network's log-posteriors (a log-softmax of its
-        scores ``logits``) minus the log-priors, i.e. ``log p(x_t | y) - log p(x_t)``."""
+        scores ``logits``) minus the log-priors (``log_prior``, or this HMM's), i.e. ``log p(x_t | y) - log p(x_t)``."""
         if logits.dim() != 3 or logits.shape[-1] != self.num_tags:
             raise ValueError(f"logits must be (batch, time, {self.num_tags}); got {tuple(logits.shape)}")
-        prior = self.log_probs()[0]
+        prior = self.log_probs()[0] if log_prior is None else log_prior
         return torch.log_softmax(logits.float(), dim=-1) - prior
 
     def path_score(self, logits: torch.Tensor, tags: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The decoding score (B,) of the tag sequences ``tags`` (B, T): what :meth:`viterbi` maximises."""
-        _, trans, start, end = self.log_probs()
-        e = self.scaled_log_likelihoods(logits)
+        prior, trans, start, end = self.log_probs()
+        e = self.scaled_log_likelihoods(logits, prior)
         B, T, _ = e.shape
         lengths = lengths.to(e.device)
         valid = torch.arange(T, device=e.device)[None] < lengths[:, None]
@@ -133,5 +133,5 @@ class HMM(nn.Module):
     def viterbi(self, logits: torch.Tensor, lengths: torch.Tensor, pad: int = -1) -> torch.Tensor:
         """The best tag sequence (B, T) of each sentence's first ``lengths[b]`` positions, ``pad`` after its end
         (``zoo.nets.crf.viterbi``: exportable, the length dynamic)."""
-        _, trans, start, end = self.log_probs()
-        return viterbi(self.scaled_log_likelihoods(logits), lengths, trans, start, end, pad=pad)
+        prior, trans, start, end = self.log_probs()
+        return viterbi(self.scaled_log_likelihoods(logits, prior), lengths, trans, start, end, pad=pad)
