@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from zoo.nets.crf import CRF, scheme_constraints
+from zoo.nets.hmm import HMM
 
 K = 4
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
@@ -288,3 +289,13 @@ def test_fast_paths_under_autocast_and_bf16():
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert torch.equal(paths, crf.decode(e.float(), m))
+
+
+@pytest.mark.parametrize("module", [CRF, HMM])
+def test_constraints_of_the_wrong_shape_are_refused(module):
+    """Start and end masks of equal but wrong shapes too (the CRF's check once compared them with each other)."""
+    two = torch.ones(2, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"constraints must be \(3, 3\) and \(3,\) booleans"):
+        module(3, allowed_start=two, allowed_end=two)
+    with pytest.raises(ValueError, match="constraints must be"):
+        module(3, allowed=torch.ones(2, 2, dtype=torch.bool))
