@@ -63,6 +63,11 @@ class BatchAugment:
         self.rotation, self.scale, self.noise_std, self.cutout = rotation, scale, noise_std, cutout
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
+    def to(self, device: torch.device) -> BatchAugment:
+        """The normalisation statistics on ``device``, where the batches will be (once, not at every batch)."""
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self
+
     @property
     def random(self) -> bool:
         return bool(
@@ -77,7 +82,7 @@ class BatchAugment:
             x = self._affine(x, g)
         if self.noise_std:
             x = x.add_(torch.randn(x.shape, generator=g, device=x.device), alpha=self.noise_std).clamp_(0, 1)
-        x = x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+        x = x.sub_(self.mean).div_(self.std)
         if self.cutout:
             x = x.masked_fill_(self._cutout_mask(x, g), 0.0)
         return x
@@ -166,7 +171,7 @@ class ResidentBatches:
     ) -> None:
         self.device = torch.device(device)
         self.images, self.labels = images.to(self.device), labels.to(self.device)
-        self.transform, self.batch_size, self.shuffle, self.seed, self.rank = transform, batch_size, shuffle, seed, rank
+        self.transform, self.batch_size, self.seed, self.rank = transform.to(self.device), batch_size, seed, rank
         n = len(labels)
         if shuffle:
             self.sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
