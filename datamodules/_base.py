@@ -192,6 +192,11 @@ class SplitLoaders(L.LightningDataModule):
             test = "the dataset's own test split"
         return {"val": val, "test": test}
 
+    def _processes(self) -> tuple[int, int]:
+        """(world size, this process's rank) of the trainer's run; (1, 0) without a trainer."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         raise NotImplementedError
 
@@ -218,8 +223,7 @@ class SplitDataModule(SplitLoaders):
         ds = getattr(self, f"{split}_set")
         workers = {"num_workers": h.num_workers, "persistent_workers": h.num_workers > 0}
         workers["pin_memory"] = h.get("pin_memory", False)
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        world, rank = self._processes()
         if not train:
             shard = EvalShard(ds, world, rank) if world > 1 else None
             return DataLoader(ds, batch_size=h.eval_batch_size, sampler=shard, **workers)

@@ -157,12 +157,8 @@ class CharLMDataModule(SplitLoaders):
         sizes = ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items())
         rank_zero_info(f"{path.name}: {len(tokens):,} {h.tokenizer} tokens ({sizes}); vocabulary {len(self.vocab)}")
 
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
     def _loader(self, split: str, train: bool) -> DataLoader:
-        rank, world = self._rank()
+        world, rank = self._processes()
         batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size
         ds = StreamBatches(self.splits[split], batch_size, self.hparams.seq_len, rank, world, shared=not train)
         return StreamLoader(ds, batch_size=None)  # the dataset yields whole batches, in order

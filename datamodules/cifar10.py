@@ -374,7 +374,7 @@ class CIFAR10DataModule(SplitDataModule):
         if not self.hparams.batch_augment:
             return super()._loader(split, train)
         h, ds, trainer = self.hparams, getattr(self, f"{split}_set"), self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        world, rank = self._processes()
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         if train:
             aug = {k: h[k] for k in AUGMENT_ARGS}
