@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import header, quiet_lightning  # noqa: E402
 
 from zoo.tasks.image import ImageClassifier  # noqa: E402
 from zoo.tasks.language_model import LanguageModel  # noqa: E402
@@ -268,14 +269,6 @@ def run(family: Family, warmup: int, window: int, rounds: int) -> dict:
     }
 
 
-def _hardware() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {torch.get_num_threads()} thread(s), ISA {torch.backends.cpu.get_cpu_capability()}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--families", nargs="+", choices=list(FAMILIES), default=DEFAULT, help="default: all but "
@@ -293,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if not args.keep_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="compile_speed_")
-    for name in ("lightning.pytorch", "torch.utils.cpp_extension", "torch._dynamo"):
+    quiet_lightning()
+    for name in ("torch.utils.cpp_extension", "torch._dynamo"):
         logging.getLogger(name).setLevel(logging.ERROR)  # recompile warnings: the graphs column counts them
     warnings.filterwarnings("ignore")
-    print(f"torch.compile vs eager, training steps/s through a Lightning Trainer on synthetic batches ({_hardware()})")
-    print(f"torch {torch.__version__}, lightning {L.__version__}, python {platform.python_version()}")
+    print(header("torch.compile vs eager, training steps/s through a Lightning Trainer on synthetic batches"))
     print(f"{'family':<18} {'data':<28} {'eager/s':>8} {'compiled/s':>10} {'ratio':>6} {'compile s':>9} {'graphs':>6}")
     start = time.perf_counter()
     for name in args.families:
