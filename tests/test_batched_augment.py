@@ -15,6 +15,7 @@ from datamodules._batched import BatchAugment, ResidentBatches, affine
 from datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD
 
 PLAIN = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # so that outputs read back as pixel values / 255
+NO_AUG = dict(hflip=0, vflip=0, crop_padding=0, padding_mode="constant", rotation=0, scale=None, noise_std=0, cutout=0)
 
 
 def coded(n: int) -> torch.Tensor:
@@ -44,9 +45,6 @@ def geometry(out: torch.Tensor, pad: int) -> dict[str, torch.Tensor]:
 def per_image(x: torch.Tensor, **aug) -> torch.Tensor:
     transform = augmentation(**{**NO_AUG, **aug}, size=32, mean=PLAIN["mean"], std=PLAIN["std"])
     return torch.stack([seeded(transform, im, i) for i, im in enumerate(x)]) * 255
-
-
-NO_AUG = dict(hflip=0, vflip=0, crop_padding=0, padding_mode="constant", rotation=0, scale=None, noise_std=0, cutout=0)
 
 
 def batched(x: torch.Tensor, seed: int = 0, **aug) -> torch.Tensor:
