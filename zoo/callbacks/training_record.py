@@ -1,4 +1,6 @@
-"""The training record kept in every checkpoint: wall time over resumed runs, hardware, precision."""
+"""The training record kept in every checkpoint: wall time over resumed runs, hardware, precision, and the
+monitored validation metric after each epoch with the training time spent to reach it (the time-to-accuracy
+``zoo publish`` reports)."""
 
 from __future__ import annotations
 
@@ -26,11 +28,14 @@ def hardware_string(accelerator: str = "cpu") -> str:
 
 class TrainingRecord(L.Callback):
     """Keeps, in every checkpoint, the training wall time summed over resumed runs, the hardware and precision,
-    so that published weights can state what they cost without anyone typing it."""
+    so that published weights can state what they cost without anyone typing it; and the ``curve``: after each
+    validation of a fit, ``[epoch, training seconds so far, monitored value]`` (the task's ``monitor``)."""
 
     def __init__(self) -> None:
         self.wall_time_s = 0.0
         self.runs: list[dict] = []
+        self.curve: list[list] = []
+        self.monitor: str | None = None
         self._start: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -49,12 +54,25 @@ class TrainingRecord(L.Callback):
     def _elapsed(self) -> float:
         return self.wall_time_s + (time.monotonic() - self._start if self._start is not None else 0.0)
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.monitor = getattr(pl_module, "monitor", ("val_loss", "min"))[0]
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or self._start is None or value is None:
+            return
+        point = [trainer.current_epoch, round(self._elapsed(), 2), round(float(value), 6)]
+        if self.curve and self.curve[-1][0] == point[0]:  # validated again within the epoch (val_check_interval)
+            self.curve[-1] = point
+        else:
+            self.curve.append(point)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.wall_time_s, self._start = self._elapsed(), None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"wall_time_s": self._elapsed(), "runs": self.runs}
+        return {"wall_time_s": self._elapsed(), "runs": self.runs, "monitor": self.monitor, "curve": self.curve}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.wall_time_s = float(state_dict.get("wall_time_s", 0.0))
         self.runs = list(state_dict.get("runs", []))
+        self.curve = [list(p) for p in state_dict.get("curve", [])]
+        self.monitor = state_dict.get("monitor")
