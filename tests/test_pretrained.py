@@ -9,7 +9,9 @@ from safetensors.torch import load_file
 
 import zoo
 from datamodules.cifar10 import CIFAR10DataModule
+from zoo.callbacks import TrainingRecord
 from zoo.checkpoint import CheckpointError, read_checkpoint
+from zoo.cli import readme
 from zoo.weights import PretrainedError, checkpoint_dir, read_manifest, sha256_of
 from zoo.weights.measure import build_datamodule, evaluate
 from zoo.weights.publish import publish
@@ -31,6 +33,7 @@ def trained_ckpt(tmp_path_factory, cifar_dir):
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=out,
+        callbacks=[TrainingRecord()],
     )
     trainer.fit(model, dm)
     trainer.save_checkpoint(out / "last.ckpt")
@@ -59,6 +62,25 @@ def test_publish_writes_weights_and_measured_metrics(published):
     check = entry.dtype_check
     fp16_ok = abs(check["float16_test_acc"] - check["float32_test_acc"]) * 100 <= check["tolerance_points"]
     assert entry.dtype == ("float16" if fp16_ok else "float32")
+
+
+def test_publish_keeps_the_curve_and_the_readme_gives_the_time_to_accuracy(
+    trained_ckpt, cifar_dir, published, monkeypatch
+):
+    """The run's validation curve (from its TrainingRecord) goes into the manifest; the README's time-to-accuracy
+    table reads it: minutes to the paper's figure (the first validation at or above it) and to the best."""
+    curve = published[0].training["curve"]
+    assert curve["monitor"] == "val_acc" and [p[0] for p in curve["points"]] == [0, 1]
+    entry = publish(trained_ckpt, "cifar10", "configs/lenet5.cifar10.yaml", data_dir=str(cifar_dir))
+    (_, first_s, first), (_, second_s, second) = entry.training["curve"]["points"]
+    assert 0 < first_s < second_s <= entry.training["wall_time_s"]
+    assert readme.minutes_to(entry.training["curve"], min(first, second)) == first_s / 60
+    assert readme.minutes_to(entry.training["curve"], max(first, second) + 1e-6) is None
+    monkeypatch.setitem(readme.PAPERS, "lenet5", (max(first, second) + 1e-6, "a figure no run reached"))
+    row = next(r for r in readme.time_to_accuracy_table().splitlines() if "`lenet5.cifar10`" in r)
+    best_s = first_s if first >= second else second_s
+    assert row.endswith(f"| not reached | {max(first, second):.2%} ({best_s / 60:.0f}) |"), row
+    assert "lenet5.fixture" not in readme.time_to_accuracy_table()  # CIFAR-10 entries only
 
 
 def test_list_pretrained_and_models(published):

@@ -158,12 +158,33 @@ def test_ddp_two_processes_bucketed_batches(names_dir, tmp_path):
     assert len(rows[0]) == len(rows[1]) == 8 and not rows[0] & rows[1]
 
 
-def test_weight_averaging_is_refused_where_it_would_average_nothing(names_dir, tmp_path):
-    """EMAWeightAveraging copies the model in its setup, before a text task builds its net from the data: it would
-    average nothing and save an empty state_dict. Refused with a reason; image tasks (net built at once) keep it."""
-    from lightning.pytorch.callbacks import EMAWeightAveraging
+def test_weight_averaging_averages_a_net_built_from_the_data_and_resumes(names_dir, tmp_path):
+    """Lightning's EMAWeightAveraging copies the module in its setup, before the module's own: a text task builds
+    its net from the data's vocabulary in configure_model (which that setup calls), so the copy holds the whole net.
+    The fit ends on the average (not the last step's weights), the checkpoint holds both, and a run resumes."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
-    model = zoo.create_model("gru_classifier", hidden_size=8, embed_dim=8)
-    trainer = quiet_trainer(tmp_path, callbacks=[EMAWeightAveraging()], max_steps=2)
-    with pytest.raises(ValueError, match="EMAWeightAveraging copied SequenceClassifier before its net was built"):
+    def run(callbacks, **kw):
+        L.seed_everything(0)
+        model = zoo.create_model("gru_classifier", hidden_size=8, embed_dim=8, lr=1e-2)
+        trainer = quiet_trainer(tmp_path, callbacks=callbacks, max_steps=3, max_epochs=9, limit_val_batches=0, **kw)
         trainer.fit(model, names_dm(names_dir))
+        return model
+
+    plain = run([])
+    ema = EMAWeightAveraging(decay=0.5)
+    ckpts = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    averaged = run([ema, ckpts], enable_checkpointing=True)
+    assert sum(p.numel() for p in ema._average_model.parameters()) == sum(p.numel() for p in averaged.parameters())
+    for (name, a), b in zip(averaged.named_parameters(), plain.parameters(), strict=True):
+        assert a.shape == b.shape and not torch.equal(a, b), f"{name}: the fit should end on the average"
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert saved["state_dict"].keys() == saved["current_model_state"].keys() and any(
+        k.startswith("net.") for k in saved["state_dict"]
+    )
+    resumed = quiet_trainer(
+        tmp_path, callbacks=[EMAWeightAveraging(decay=0.5)], max_steps=5, max_epochs=9, limit_val_batches=0
+    )
+    model = zoo.create_model("gru_classifier", hidden_size=8, embed_dim=8, lr=1e-2)
+    resumed.fit(model, names_dm(names_dir), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert saved["global_step"] < 5 and resumed.global_step == 5

@@ -7,7 +7,15 @@ import zoo
 from zoo.cli.card import count_flops
 from zoo.weights import read_manifest
 
-__all__ = ["model_table", "weights_table", "render_readme", "GENERATED"]
+__all__ = ["model_table", "weights_table", "time_to_accuracy_table", "PAPERS", "render_readme", "GENERATED"]
+
+# The test accuracy the architecture's paper reports on CIFAR-10 with standard augmentation (quoted with source),
+# against which the README gives the training minutes each published run took to reach it on validation.
+PAPERS = {
+    "resnet20": (0.9125, "He et al. 2016, table 6: 8.75% error"),
+    "resnet56": (0.9303, "He et al. 2016, table 6: 6.97% error"),
+    "densenet_bc_100_12": (0.9549, "Huang et al. 2017, table 2: 4.51% error (C10+)"),
+}
 
 
 def model_table() -> str:
@@ -43,7 +51,39 @@ def weights_table() -> str:
     return "\n".join(rows)
 
 
-GENERATED = {"model-table": model_table, "weights-table": weights_table}
+def minutes_to(curve: dict, target: float) -> float | None:
+    """The training minutes of the first validation at or above ``target`` on a manifest ``curve`` (an accuracy's);
+    None if none reached it."""
+    for _, seconds, value in curve["points"]:
+        if value >= target:
+            return seconds / 60
+    return None
+
+
+def time_to_accuracy_table() -> str:
+    """Per CIFAR-10 checkpoint: the paper's accuracy, the minutes its run took to reach it on validation, and to
+    its own best validation figure (from the curve ``zoo publish`` copies out of the checkpoint's record)."""
+    rows = [
+        "| weights | paper's accuracy | training minutes to reach it on val | best val (minutes to it) |",
+        "|---|---|---:|---:|",
+    ]
+    for name, w in read_manifest().items():
+        if not name.endswith(".cifar10"):
+            continue
+        paper, source = PAPERS.get(w.model, (None, "no paper figure on CIFAR-10"))
+        paper_cell = f"{paper:.2%} ({source})" if paper else source
+        curve = w.training.get("curve")
+        if not curve:
+            rows.append(f"| `{name}` | {paper_cell} | not recorded (trained before runs kept their curve) | - |")
+            continue
+        best = max(value for _, _, value in curve["points"])
+        reached = minutes_to(curve, paper) if paper else None
+        to_paper = "-" if not paper else f"{reached:.0f}" if reached is not None else "not reached"
+        rows.append(f"| `{name}` | {paper_cell} | {to_paper} | {best:.2%} ({minutes_to(curve, best):.0f}) |")
+    return "\n".join(rows)
+
+
+GENERATED = {"model-table": model_table, "weights-table": weights_table, "time-to-accuracy": time_to_accuracy_table}
 
 
 def render_readme(text: str) -> str:

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -51,7 +50,7 @@ class Task(L.LightningModule):
     # (fractions such as accuracy x100; BLEU, already 0-100, x1; a loss in nats x100, so a point is 0.01 nats)
     points_per_unit: float = 100.0
     weights_kwargs: tuple[str, ...] = ()  # hyperparameters that rebuild the net of published weights
-    data_kwargs: tuple[str, ...] = ()  # others that setup takes from the data (a state dict records both)
+    data_kwargs: tuple[str, ...] = ()  # others that fit_to_data takes from the data (a state dict records both)
     head_prefixes: tuple[str, ...] = ("head.",)  # net parameters trained from scratch when fine-tuning
     _frozen: bool = False
     # net embeddings that gained rows the published weights lack -> which of their rows the weights know (dim 0)
@@ -193,31 +192,28 @@ class Task(L.LightningModule):
         is refused at fit start, and steps a float16 loss scaler skips are announced."""
         return [PrecisionGuard()]
 
-    def on_fit_start(self) -> None:
-        for cb in self.trainer.callbacks:
-            # Lightning's WeightAveraging copies the module in its own setup, which runs before the task's: a task
-            # that builds its net there from the data's vocabulary (the text tasks) would average nothing and save
-            # an empty state_dict. Refused until the copy is made after the net exists.
-            copy = getattr(cb, "_average_model", None) if isinstance(cb, WeightAveraging) else None
-            if copy is not None and sum(p.numel() for p in copy.parameters()) < sum(
-                p.numel() for p in self.parameters()
-            ):
-                raise ValueError(
-                    f"{type(cb).__name__} copied {type(self).__name__} before its net was built from the data, so it "
-                    "would average nothing and save an empty checkpoint: it works with the image tasks, not yet here"
-                )
-
     def compiles(self) -> bool:
         """Whether fitting compiles the net: the ``compile`` hyperparameter, or the family's default when None (and
         for checkpoints from before it existed)."""
         value = self.hparams.get("compile")
         return type(self).compile_default if value is None else bool(value)
 
+    def fit_to_data(self, stage: str) -> None:
+        """Build the net from the DataModule (a text task's vocabulary, a fine-tuned classifier's classes) or check
+        that the data agrees with it (``stage``: fit, validate, test or predict). Must be idempotent."""
+
     def configure_model(self) -> None:
-        """Before the strategy moves and wraps the model (``zoo.tasks._distributed``), and after ``setup`` built a
-        text task's net from the data: refuse SyncBatchNorm off GPUs, freeze the backbone (DDP then leaves out what
-        does not train), and compile the net when ``compiles()`` (``zoo.tasks._compile``)."""
-        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+        """Before the strategy moves and wraps the model (``zoo.tasks._distributed``): the net built from the data
+        (``fit_to_data``), then, for a fit, refuse SyncBatchNorm off GPUs, freeze the backbone (DDP then leaves out
+        what does not train), and compile the net when ``compiles()`` (``zoo.tasks._compile``).
+
+        The data's part is here rather than in ``setup`` because Lightning's ``WeightAveraging`` (EMA, SWA) copies
+        the module in its own ``setup``, which runs before the module's, after calling ``configure_model``: so the
+        copy holds the net the data asks for (Lightning calls this hook again later; every step is idempotent)."""
+        if self._trainer is None:
+            return
+        self.fit_to_data(self.trainer.state.fn.value)
+        if self.trainer.state.fn == TrainerFn.FITTING:
             refuse_sync_batchnorm_off_gpu(self)
             if self.backbone_frozen(self.current_epoch) != self._frozen:
                 self._set_frozen(not self._frozen)
@@ -293,12 +289,12 @@ class Task(L.LightningModule):
 
     @property
     def datamodule(self) -> object | None:
-        """The trainer's DataModule, which ``setup`` reads as ``datamodules.contract`` says; None without a trainer
+        """The trainer's DataModule, which ``fit_to_data`` reads as ``datamodules.contract`` says; None without a trainer
         or when the trainer was given loaders instead."""
         return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
 
     def adopt(self, **values) -> None:
-        """Set hyperparameters taken from the DataModule at ``setup`` (its tokenizer ...). They go into the initial
+        """Set hyperparameters taken from the DataModule in ``fit_to_data`` (its tokenizer ...). They go into the initial
         hyperparameters too: Lightning merges those with the DataModule's when a logger records them, and a key
         both hold with two values is an error there."""
         self.hparams.update(values)

@@ -6,7 +6,7 @@
   export, ``zoo predict`` and the published weights see the same net. Its other methods (the tagger's ``loss`` and
   ``decode``, seq2seq's searches) stay eager: only ``net(...)`` is compiled.
 - **During the fit only.** The net is compiled after the text tasks have built it from the data's vocabularies
-  (``setup``) and after a frozen backbone is frozen, before the strategy moves and wraps the model; it is eager
+  (``fit_to_data``) and after a frozen backbone is frozen, before the strategy moves and wraps the model; it is eager
   again when the fit ends, so what is exported, evaluated or predicted after the fit is the plain net. A copy of
   a compiled net (``copy.deepcopy``, pickling) is eager: ``nn.Module`` leaves the compiled call out of its state.
 - **A platform without a compiler** (no C++ compiler for the CPU, no Triton for CUDA) is refused in one line

@@ -2,8 +2,8 @@
 
 - **rank 0's model comes back to the caller** of a spawned run (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``).
   Lightning sends the caller rank 0's state dict alone and loads it with ``strict=False``
-  (``_MultiProcessingLauncher._recover_results_in_main_process``), but a text task builds its net in ``setup``
-  from the data's vocabularies, and ``setup`` runs in the workers only: the caller's net stayed ``None`` and every
+  (``_MultiProcessingLauncher._recover_results_in_main_process``), but a text task builds its net in ``fit_to_data``
+  from the data's vocabularies, and ``fit_to_data`` runs in the workers only: the caller's net stayed ``None`` and every
   trained weight was dropped without a word (a fine-tuned image classifier with other classes failed on the
   shapes). So a task's state dict says which net it holds (the hyperparameters that build it, in the state dict's
   metadata, which ``torch.save`` keeps), and loading it into a task without a net that can hold it, outside a run,
@@ -35,7 +35,7 @@ SYNC_BN_DEVICES = ("cuda", "hpu", "xpu")  # where torch's SyncBatchNorm synchron
 
 def describe_net(task: L.LightningModule, destination: dict, prefix: str) -> None:
     """Record in ``destination``'s metadata (a state dict being written) the hyperparameters that build ``task``'s
-    net: its ``weights_kwargs`` and ``data_kwargs`` (what ``setup`` takes from the data)."""
+    net: its ``weights_kwargs`` and ``data_kwargs`` (what ``fit_to_data`` takes from the data)."""
     meta = getattr(destination, "_metadata", None)
     if meta is None or prefix[:-1] not in meta or getattr(task, "net", None) is None:
         return

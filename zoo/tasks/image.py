@@ -55,7 +55,7 @@ class ImageClassifier(Task):
     tta_modes = ("flip",)  # test-time augmentation: the mean of the probabilities of the image and its mirror
     tta: str | None = None  # off unless asked for (zoo evaluate / predict --tta flip): never in a headline figure
     weights_kwargs = ("num_classes", "in_chans", "net_kwargs")  # what rebuilds the net of published weights
-    data_kwargs = ("classes", "preprocessing")  # what setup takes from the data besides
+    data_kwargs = ("classes", "preprocessing")  # what fit_to_data takes from the data besides
     remappable = ("num_classes",)  # another number of classes resets the classifier
     indexed_params = {"head.weight": ("classes", (0,)), "head.bias": ("classes", (0,))}
 
@@ -127,7 +127,7 @@ class ImageClassifier(Task):
             setattr(self, f"{stage}_acc5", MulticlassAccuracy(num_classes, top_k=k5, average="micro"))
             setattr(self, f"{stage}_mean_loss", MeanMetric())  # summed over DDP ranks (see Tagger._eval_step)
 
-    def setup(self, stage: str) -> None:
+    def fit_to_data(self, stage: str) -> None:
         """Refuse data the net cannot fit: another number of classes or of image channels than it was built for.
         (The DataModule's ``setup`` has run; what is read of it is ``datamodules.contract.ImageData``, each part
         optional.)"""

@@ -127,7 +127,7 @@ class LanguageModel(TextTask):
         self.stoi = {t: i for i, t in enumerate(h.vocab)}
         self.val_nll, self.test_nll = MeanMetric(), MeanMetric()
 
-    def setup(self, stage: str) -> None:
+    def fit_to_data(self, stage: str) -> None:
         dm = self.datamodule  # read as datamodules.contract.LanguageModelData
         itos = getattr(dm.vocab, "itos", None) if isinstance(dm, Tokenised) else None
         if self.net is None:

@@ -26,7 +26,7 @@ ADDING_TOLERANCE = 0.04  # Hochreiter & Schmidhuber 1997: an adding-problem answ
 class SequenceClassifier(TextTask):
     """Cross-entropy classifier over token sequences, with accuracy and macro-F1.
 
-    The vocabulary and the class names come from the DataModule at ``setup`` (its ``vocab`` and ``classes``) and
+    The vocabulary and the class names come from the DataModule in ``fit_to_data`` (its ``vocab`` and ``classes``) and
     are stored in the hyperparameters, so a checkpoint or published weights rebuild the model alone and
     ``predict(["Nakamura"])`` works on raw strings.
 
@@ -157,7 +157,7 @@ class SequenceClassifier(TextTask):
             if stage != "train":
                 setattr(self, f"{stage}_mean_loss", MeanMetric())  # summed over DDP ranks (see Tagger._eval_step)
 
-    def setup(self, stage: str) -> None:
+    def fit_to_data(self, stage: str) -> None:
         """Take the vocabulary, classes and objective from the DataModule (first fit), or check that they agree
         (what is read: ``datamodules.contract.TextClassificationData``)."""
         dm = self.datamodule

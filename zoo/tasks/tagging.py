@@ -171,7 +171,7 @@ class Tagger(Task):
             if self.chunked:
                 setattr(self, f"{stage}_spans", SpanF1(list(h.tags)))
 
-    def setup(self, stage: str) -> None:
+    def fit_to_data(self, stage: str) -> None:
         dm = self.datamodule
         names = ("words", "chars", "tags")
         vocab = {k: getattr(dm, k).itos for k in names} if isinstance(dm, TaggingData) else dict.fromkeys(names)

@@ -153,7 +153,7 @@ class Seq2Seq(Task):
         self.test_bleu, self.test_bleu_greedy = SacreBLEUScore(tokenize="13a"), SacreBLEUScore(tokenize="13a")
         self.test_bleu_tok = SacreBLEUScore(tokenize="none", lowercase=True)
 
-    def setup(self, stage: str) -> None:
+    def fit_to_data(self, stage: str) -> None:
         dm = self.datamodule
         specs = (dm.src_spec, dm.tgt_spec) if isinstance(dm, TranslationData) else (None, None)
         if self.net is None:

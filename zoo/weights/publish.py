@@ -138,6 +138,8 @@ def publish(
             "wall_time_s": round(record.get("wall_time_s", 0.0), 1),
             "steps": ckpt.get("global_step"),
             "runs": record.get("runs", []),
+            # [epoch, training seconds, monitored value] up to this checkpoint: the time-to-accuracy of the README
+            **({"curve": {"monitor": record["monitor"], "points": record["curve"]}} if record.get("curve") else {}),
         },
     }
     weights = Weights.from_json(name, entry)
