@@ -289,14 +289,14 @@ class Task(L.LightningModule):
 
     @property
     def datamodule(self) -> object | None:
-        """The trainer's DataModule, which ``fit_to_data`` reads as ``datamodules.contract`` says; None without a trainer
-        or when the trainer was given loaders instead."""
+        """The trainer's DataModule, which ``fit_to_data`` reads as ``datamodules.contract`` says; None without a
+        trainer or when the trainer was given loaders instead."""
         return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
 
     def adopt(self, **values) -> None:
-        """Set hyperparameters taken from the DataModule in ``fit_to_data`` (its tokenizer ...). They go into the initial
-        hyperparameters too: Lightning merges those with the DataModule's when a logger records them, and a key
-        both hold with two values is an error there."""
+        """Set hyperparameters taken from the DataModule in ``fit_to_data`` (its tokenizer ...). They go into the
+        initial hyperparameters too: Lightning merges those with the DataModule's when a logger records them, and a
+        key both hold with two values is an error there."""
         self.hparams.update(values)
         self._hparams_initial.update(values)
 
