@@ -4,11 +4,40 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["UsageError", "one_line"]
+from jsonargparse import ArgumentError
+
+from datamodules import DatasetError
+from zoo import CheckpointError, PretrainedError
+
+__all__ = ["UsageError", "USER_ERRORS", "one_line", "worker_error"]
 
 
 class UsageError(Exception):
     """Something the user passed cannot work; the message says what and what to do instead."""
+
+
+# What the user passed or pointed at (exit status 2) rather than a failure of the run itself (status 1).
+USER_ERRORS = (
+    UsageError,
+    ArgumentError,
+    ValueError,
+    TypeError,
+    DatasetError,
+    CheckpointError,
+    PretrainedError,
+    OSError,
+)
+
+
+def worker_error(e: Exception) -> Exception:
+    """The error a worker of ``ddp_spawn`` / ``ddp_fork`` raised, rebuilt from the last line of its traceback: torch
+    hands the caller a ``ProcessRaisedException`` whose message is the whole traceback."""
+    lines = str(e).strip().splitlines()
+    if type(e).__name__ != "ProcessRaisedException" or ": " not in lines[-1]:
+        return e
+    name, message = lines[-1].split(": ", 1)
+    known = {c.__name__: c for c in USER_ERRORS if c is not ArgumentError}  # each takes a message alone
+    return known.get(name.rsplit(".", 1)[-1], type(name.rsplit(".", 1)[-1], (Exception,), {}))(message)
 
 
 _NOISE = re.compile(r"Expected a <class 'NoneType'>|Not a valid subclass of .*|Given value.*|Subtypes: .*")

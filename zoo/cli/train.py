@@ -27,7 +27,6 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
-from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import (
     Callback,
     ModelCheckpoint,
@@ -46,8 +45,8 @@ import datamodules.names  # noqa: F401
 import datamodules.synthetic  # noqa: F401
 import datamodules.translation  # noqa: F401
 import zoo.tasks  # noqa: F401  (short class names: --model ImageClassifier)
-from datamodules import DATAMODULES, DatasetError
-from zoo import CheckpointError, PretrainedError, UnknownModelError, model_info
+from datamodules import DATAMODULES
+from zoo import UnknownModelError, model_info
 from zoo.callbacks import PredictionSaver, TrainingRecord
 from zoo.callbacks.divergence import DivergenceError, StopOnDivergence
 from zoo.callbacks.interruption import InterruptCheckpoint, received_signal, signals_routed
@@ -56,7 +55,7 @@ from zoo.callbacks.run_metadata import RunMetadata
 from zoo.callbacks.training_curves import TrainingCurves
 from zoo.checkpoint import INIT_ONLY
 from zoo.cli.checkpoint_io import SafeCheckpointIO
-from zoo.cli.errors import UsageError, one_line
+from zoo.cli.errors import USER_ERRORS, UsageError, one_line, worker_error
 from zoo.cli.file_loggers import RUN_DIR_ENV
 from zoo.cli.file_loggers import SHORT_NAMES as FILE_LOGGERS
 from zoo.cli.loggers import WandbOptions, run_loggers
@@ -303,30 +302,6 @@ class ZooCLI(LightningCLI):
         print("\n".join(lines))
 
 
-# What the user passed or pointed at (exit status 2) rather than a failure of the run itself (status 1).
-USER_ERRORS = (
-    UsageError,
-    ArgumentError,
-    ValueError,
-    TypeError,
-    DatasetError,
-    CheckpointError,
-    PretrainedError,
-    OSError,
-)
-
-
-def _worker_error(e: Exception) -> Exception:
-    """The error a worker of ``ddp_spawn`` / ``ddp_fork`` raised, rebuilt from the last line of its traceback: torch
-    hands the caller a ``ProcessRaisedException`` whose message is the whole traceback."""
-    lines = str(e).strip().splitlines()
-    if type(e).__name__ != "ProcessRaisedException" or ": " not in lines[-1]:
-        return e
-    name, message = lines[-1].split(": ", 1)
-    known = {c.__name__: c for c in USER_ERRORS if c is not ArgumentError}  # each takes a message alone
-    return known.get(name.rsplit(".", 1)[-1], type(name.rsplit(".", 1)[-1], (Exception,), {}))(message)
-
-
 def _finish_wandb(exit_code: int) -> None:
     """Close a W&B run before the last line is printed, so that W&B's own lines do not come after it."""
     wandb = sys.modules.get("wandb")
@@ -378,7 +353,7 @@ def _run(args: list[str], from_command_line: bool, debug: bool) -> int:
     except Exception as e:
         if debug:
             raise
-        e = _worker_error(e)
+        e = worker_error(e)
         status = 2 if isinstance(e, USER_ERRORS) else 1
         _finish_wandb(status)
         kind = "" if isinstance(e, (*USER_ERRORS, DivergenceError)) else f"{type(e).__name__}: "
