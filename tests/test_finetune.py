@@ -215,15 +215,22 @@ def test_a_frozen_backbone_under_ddp_trains_the_head_then_everything(cifar_dir, 
     assert all(p.requires_grad for p in model.net.parameters())
 
 
-def test_image_classes_the_weights_know_keep_their_rows(tmp_path):
+@pytest.mark.parametrize("ema", [False, True], ids=["plain", "ema"])
+def test_image_classes_the_weights_know_keep_their_rows(tmp_path, ema):
     """resnet20.cifar10 fine-tuned on cat/dog/owl folders: the cat and dog rows of the classifier start as CIFAR's,
-    the owl row fresh."""
+    the owl row fresh. Under EMA the average holds the new 3-class classifier (it copies the model after the task
+    rebuilt its head for the data), and the fit ends on it."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
     from datamodules.images import ImageFolderDataModule
 
     model = zoo.create_model("resnet20", pretrained="cifar10", lr=1e-9, schedule="constant")
     dm = ImageFolderDataModule(root=str(write_images(tmp_path / "imgs")), num_workers=0, batch_size=4)
-    trainer = quiet_trainer(tmp_path, max_steps=1)
+    averaging = [EMAWeightAveraging(decay=0.5)] if ema else []
+    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=averaging)
     trainer.fit(model, dm)
+    if ema:
+        assert averaging[0]._average_model.module.net.head.weight.shape[0] == 3
     assert model.hparams.classes == ["cat", "dog", "owl"] and model.hparams.num_classes == 3
     head, cifar = model.net.state_dict()["head.weight"], published_state("resnet20.cifar10")["head.weight"]
     names = read_manifest()["resnet20.cifar10"].classes
