@@ -209,10 +209,18 @@ class Task(L.LightningModule):
 
         The data's part is here rather than in ``setup`` because Lightning's ``WeightAveraging`` (EMA, SWA) copies
         the module in its own ``setup``, which runs before the module's, after calling ``configure_model``: so the
-        copy holds the net the data asks for (Lightning calls this hook again later; every step is idempotent)."""
+        copy holds the net the data asks for (Lightning calls this hook again later; every step is idempotent).
+        The net is built in float32 whatever default dtype Lightning's ``tensor_init_context`` sets here for a
+        "-true" precision (orthogonal and other initialisations have no half-precision CPU kernels): the precision
+        plugin converts the whole module afterwards, as it converts a net built at construction."""
         if self._trainer is None:
             return
-        self.fit_to_data(self.trainer.state.fn.value)
+        dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            self.fit_to_data(self.trainer.state.fn.value)
+        finally:
+            torch.set_default_dtype(dtype)
         if self.trainer.state.fn == TrainerFn.FITTING:
             refuse_sync_batchnorm_off_gpu(self)
             if self.backbone_frozen(self.current_epoch) != self._frozen:
