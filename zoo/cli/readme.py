@@ -64,7 +64,7 @@ def time_to_accuracy_table() -> str:
     """Per CIFAR-10 checkpoint: the paper's accuracy, the minutes its run took to reach it on validation, and to
     its own best validation figure (from the curve ``zoo publish`` copies out of the checkpoint's record)."""
     rows = [
-        "| weights | paper's accuracy | training minutes to reach it on val | best val while training (minutes to it) |",
+        "| weights | paper's accuracy | training minutes to reach it on val | best val in training (minutes to it) |",
         "|---|---|---:|---:|",
     ]
     for name, w in read_manifest().items():
