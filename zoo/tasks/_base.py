@@ -1,11 +1,10 @@
 """What every task shares: the optimiser and per-step schedule from its hyperparameters, a record of the
 DataModule class in each checkpoint (so that ``zoo publish`` can rebuild the data it was trained on), the
 restore of resumable train loaders when a run resumes mid-epoch, and ``torch.compile`` of the net while it fits
-(``compile``; ``zoo.tasks._compile``)."""
+(``compile``; ``zoo.tasks._compile``). Fine-tuning is ``zoo.tasks._finetune``."""
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from collections.abc import Iterator
@@ -14,34 +13,20 @@ from contextlib import contextmanager
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from zoo._registry import check_task
 from zoo.tasks._compile import compile_net, uncompile_net
 from zoo.tasks._distributed import build_described_net, describe_net, refuse_sync_batchnorm_off_gpu, rewrap
+from zoo.tasks._finetune import FineTuning
 from zoo.tasks._optim import LENGTHLESS, OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule, check_choice
 from zoo.tasks._precision import PrecisionGuard
-from zoo.weights import Weights, load_into, weights_for
 
 __all__ = ["Task"]
 
-FREEZE = ("backbone",)
-MIN_KNOWN = 0.5  # share of a fine-tuning vocabulary the weights should know, else a warning
 
-
-class Task(L.LightningModule):
-    """Fine-tuning, shared by every task through three hyperparameters:
-
-    - ``freeze="backbone"``: only the head (``head_prefixes`` of the net: the classifier, the tagger's emission
-      layer and CRF, the output layer of language models and translators) trains; the rest keeps its weights and
-      its batch-norm statistics (a linear probe). On data with other vocabularies the rows of entries the weights
-      do not know start random, so they train too (the weights' own rows stay exactly as published).
-    - ``unfreeze_epoch=N``: with ``freeze="backbone"``, the backbone starts training at epoch N (the head is
-      trained alone first so that its random start does not wreck the pretrained features; Howard & Ruder 2018).
-    - ``backbone_lr_mult``: the backbone's learning rate relative to ``lr`` (e.g. 0.1).
-
-    And one speed switch: ``compile`` (True, False, or None for the family's ``compile_default``) compiles the net
+class Task(FineTuning, L.LightningModule):
+    """The base of every task. Fine-tuning from published weights (``freeze``, ``unfreeze_epoch``,
+    ``backbone_lr_mult``, ``pretrained``) comes from ``zoo.tasks._finetune``; one speed switch is here: ``compile`` (True, False, or None for the family's ``compile_default``) compiles the net
     with ``torch.compile`` while a run fits (see ``zoo.tasks._compile``); checkpoints and state dicts are the same.
     """
 
@@ -51,11 +36,6 @@ class Task(L.LightningModule):
     points_per_unit: float = 100.0
     weights_kwargs: tuple[str, ...] = ()  # hyperparameters that rebuild the net of published weights
     data_kwargs: tuple[str, ...] = ()  # others that fit_to_data takes from the data (a state dict records both)
-    head_prefixes: tuple[str, ...] = ("head.",)  # net parameters trained from scratch when fine-tuning
-    _frozen: bool = False
-    # net embeddings that gained rows the published weights lack -> which of their rows the weights know (dim 0)
-    known_rows: dict[str, torch.Tensor] = {}
-    weights: Weights | None = None  # the published weights of ``pretrained``, resolved once
     # what ``compile=None`` means for the family: off unless torch.compile clearly wins on its training step
     # (benchmarks/compile_speed.py) and compiles reliably, so that tests and first runs do not pay its compile time
     compile_default: bool = False
@@ -74,118 +54,6 @@ class Task(L.LightningModule):
         show it."""
         key = f"{split}_{cls.monitor[0].removeprefix('val_')}"
         return f"{key.removeprefix(split + '_')} {metrics[key]:.4f}"
-
-    # -- fine-tuning ----------------------------------------------------------------------------------------
-    # net state keys indexed by one of the task's vocabularies (tokens, classes, tags):
-    # key -> (vocabulary, the dims it indexes; () for buffers the net rebuilds from the vocabulary)
-    indexed_params: dict[str, tuple[str, tuple[int, ...]]] = {}
-    remappable: tuple[str, ...] = ()  # hyperparameters in weights_kwargs that fine-tuning maps instead of copying
-
-    def take_weights_kwargs(self) -> None:
-        """With ``pretrained``, build the weights' architecture: their ``weights_kwargs`` replace the model's (the
-        weights load into nothing else), except the ``remappable`` ones (vocabularies, classes), taken only when
-        not given. Values replaced that were set otherwise than by default are logged."""
-        h = self.hparams
-        # a tag (--model.pretrained cifar10 means <arch>.cifar10), a name, or the Weights that create_model resolved
-        self.weights = weights_for(h.arch, h.pretrained)
-        self.adopt(pretrained=self.weights.name)  # a hyperparameter stays a name (checkpoints load weights_only)
-        entry = self.weights.kwargs
-        take = {
-            k: entry[k]
-            for k in self.weights_kwargs
-            if k in entry and (h.get(k) is None if k in self.remappable else h.get(k) != entry[k])
-        }
-        default = {k: p.default for k, p in inspect.signature(type(self)).parameters.items()}
-        replaced = [f"{k}={take[k]!r} (not {h[k]!r})" for k in take if h.get(k) not in (None, default.get(k))]
-        if replaced:
-            rank_zero_info(f"{h.pretrained}: the weights' architecture: {', '.join(replaced)}")
-        self.adopt(**take)
-
-    @staticmethod
-    def vocabularies(h) -> dict[str, list | None]:
-        """The task's vocabularies held in hyperparameters (or a manifest's model kwargs) ``h``, by name."""
-        return {}
-
-    def load_weights(self) -> None:
-        """Load the published weights ``pretrained`` into the net. Where the model's vocabularies differ from the
-        weights' (fine-tuning on other data), entries both hold keep their learnt rows and the others start
-        fresh; what was mapped is logged."""
-        h = self.hparams
-        w = self.weights if self.weights is not None else weights_for(h.arch, h.pretrained)
-        old = self.vocabularies({"classes": w.classes, **w.kwargs})  # images keep their class names in the entry
-        new = self.vocabularies(h)
-        remap = {
-            key: (v, list(old[v]), list(new[v]), dims)
-            for key, (v, dims) in self.indexed_params.items()
-            if old.get(v) is not None and new.get(v) is not None and list(old[v]) != list(new[v])
-        }
-        load_into(self.net, w, arch=h.arch, remap=remap)
-        # rows of entries the weights do not know start random: they train even with a frozen backbone (see
-        # _set_frozen), so note which rows are the weights' own
-        theirs = {v: set(entries) for v, entries in old.items() if entries is not None}
-        self.known_rows = {
-            key: torch.tensor([t in theirs[v] for t in n])
-            for key, (v, _, n, dims) in remap.items()
-            if dims and not key.startswith(self.head_prefixes) and not theirs[v].issuperset(n)
-        }
-        for v in sorted({remap[key][0] for key in self.known_rows}):
-            known, total = sum(t in theirs[v] for t in new[v]), len(new[v])
-            if known < MIN_KNOWN * total:
-                rank_zero_warn(
-                    f"{w.name} knows only {known:,} of the data's {total:,} {v} entries ({known / total:.1%}): the "
-                    "others start from random vectors, so this is close to training from scratch. Check that the "
-                    "data is in the weights' language and read their way, or train without --model.pretrained"
-                )
-
-    def differs_from_data(self, theirs: dict[str, list | None]) -> bool:
-        """Whether the data's vocabularies (``None``: the data does not say) differ from the model's. Without
-        published weights to map from that is an error: ids would mean other entries. With ``pretrained`` the
-        caller takes the data's and rebuilds the net (:meth:`load_weights` maps what it can)."""
-        mine = self.vocabularies(self.hparams)
-        differ = [k for k, v in theirs.items() if v is not None and list(v) != list(mine.get(k) or [])]
-        if differ and not self.hparams.get("pretrained"):
-            sizes = ", ".join(f"{k} ({len(theirs[k])} vs {len(mine.get(k) or [])})" for k in differ)
-            raise ValueError(
-                f"the data's {sizes} differ from the model's: ids would mean other entries. Use the data (and its "
-                "settings) the model was trained on, or start from published weights (--model.pretrained NAME.TAG), "
-                "which maps the entries both hold"
-            )
-        if differ:
-            rank_zero_info(f"fine-tuning on data with other {', '.join(differ)}: mapping them onto the weights")
-        return bool(differ)
-
-    def is_head(self, name: str) -> bool:
-        """Whether net parameter ``name`` belongs to the head (not frozen by ``freeze="backbone"``)."""
-        return name.startswith(self.head_prefixes)
-
-    def backbone_frozen(self, epoch: int) -> bool:
-        h = self.hparams
-        return h.get("freeze") == "backbone" and (h.get("unfreeze_epoch") is None or epoch < h.unfreeze_epoch)
-
-    def _set_frozen(self, frozen: bool) -> None:
-        for name, p in self.net.named_parameters():
-            if not self.is_head(name):  # an embedding with new rows trains them (on_after_backward masks the rest)
-                p.requires_grad_(not frozen or name in self.known_rows)
-        self._frozen = frozen
-        self.train(self.training)  # re-applies the batch-norm mode
-        n = sum(p.numel() for name, p in self.net.named_parameters() if not self.is_head(name))
-        new = [f"{k} ({int((~rows).sum()):,} rows)" for k, rows in self.known_rows.items()]
-        but = f", but the new rows of {', '.join(new)} train: the weights have none for them" if frozen and new else ""
-        rank_zero_info(
-            f"backbone ({n:,} parameters) {'frozen' if frozen else 'unfrozen'} at epoch {self.current_epoch}{but}"
-        )
-
-    def on_after_backward(self) -> None:
-        """With the backbone frozen, an embedding that gained rows for entries the weights do not know learns those
-        rows alone: the gradient of the weights' rows is zeroed (they are kept out of weight decay, see
-        ``configure_optimizers``, so they stay exactly as published)."""
-        if not (self._frozen and self.known_rows):
-            return
-        params = dict(self.net.named_parameters())
-        for key, known in self.known_rows.items():
-            grad = params[key].grad
-            if grad is not None:
-                grad[known.to(grad.device)] = 0
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The precision checks every task runs (``zoo.tasks._precision``): a precision the device cannot train under
@@ -248,15 +116,6 @@ class Task(L.LightningModule):
             self._set_frozen(frozen)
             rewrap(self)  # DDP reduces the gradients of what trained when it wrapped the model
 
-    def train(self, mode: bool = True):
-        """As ``nn.Module.train``, but a frozen backbone keeps its batch-norm statistics (eval mode)."""
-        super().train(mode)
-        if mode and self._frozen:
-            for name, m in self.net.named_modules():
-                if isinstance(m, _BatchNorm) and not self.is_head(name + "."):
-                    m.eval()
-        return self
-
     def check_training_args(self) -> None:
         """Refuse a model this task does not train, and bad values of the optimisation and fine-tuning
         hyperparameters that every task shares (each task checks its own besides): called once they are saved."""
@@ -277,13 +136,7 @@ class Task(L.LightningModule):
             raise ValueError("; ".join(bad))
         if h.get("compile") not in (None, True, False):
             raise ValueError(f"compile must be true, false or None (the family's default); got {h.compile!r}")
-        if h.freeze is not None and h.freeze not in FREEZE:
-            raise ValueError(f"freeze must be one of {', '.join(FREEZE)} or None; got {h.freeze!r}")
-        if h.unfreeze_epoch is not None and (h.freeze is None or h.unfreeze_epoch < 1):
-            raise ValueError(
-                f"unfreeze_epoch={h.unfreeze_epoch} needs --model.freeze backbone and a value >= 1 (the epoch at "
-                "which the backbone starts training)"
-            )
+        self.check_finetune_args()
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
