@@ -8,13 +8,15 @@ import lightning as L
 
 
 class SignalAt(L.Callback):
-    """Sends this process ``signum`` after training step ``step`` (as a user's Ctrl-C or a scheduler's SIGTERM)."""
+    """Sends this process ``signum`` after training step ``step`` (as a user's Ctrl-C or a scheduler's SIGTERM);
+    under DDP only in the process of global rank ``rank`` when given (a user's ``kill`` of the launcher), else in
+    every process (a scheduler signals the whole job)."""
 
-    def __init__(self, step: int, signum: int = int(signal.SIGINT), twice: bool = False) -> None:
-        self.step, self.signum, self.twice = step, signum, twice
+    def __init__(self, step: int, signum: int = int(signal.SIGINT), twice: bool = False, rank: int | None = None):
+        self.step, self.signum, self.twice, self.rank = step, signum, twice, rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), self.signum)
             if self.twice:
                 os.kill(os.getpid(), self.signum)

@@ -193,6 +193,32 @@ def test_an_interrupted_run_resumes_exactly(signum, cifar_dir, tmp_path):
         torch.testing.assert_close(resumed["state_dict"][k], v, atol=1e-6, rtol=1e-5, msg=k)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [None, 0, 1], ids=["every-process", "rank-0", "rank-1"])
+def test_sigterm_under_ddp_saves_once_and_resumes_exactly(rank, cifar_dir, tmp_path):
+    """A SIGTERM to every process of a DDP run (a scheduler's), to the launcher alone or to one worker stops all
+    ranks at the same step: one interrupted.ckpt, exit 143, and the resume ends where an unbroken run ends."""
+    ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+    two = ["--trainer.max_epochs", "2", *ddp]  # 5 steps an epoch per process
+    train(lenet(cifar_dir, *two, "--run_name", "whole"), tmp_path)
+    at = ["--trainer.callbacks.step", "7", "--trainer.callbacks.signum", str(int(signal.SIGTERM))]
+    cut = ["--run_name", "cut", "--trainer.callbacks+=fault_injection.SignalAt", *at]
+    cut += [] if rank is None else ["--trainer.callbacks.rank", str(rank)]
+    res = run_train(lenet(cifar_dir, *two, *cut), tmp_path, env=ENV, timeout=180)
+    assert res.returncode == 143, res.stderr[-4000:]
+    run = tmp_path / "runs" / "cut" / "version_0" / "checkpoints"
+    assert ckpts(run.parent) == ["best.ckpt", "interrupted.ckpt", "last.ckpt"]
+    stopped = step_of(run / "interrupted.ckpt")
+    assert stopped in (7, 8), "every rank stops at the batch boundary after the signal"  # the flag is shared per step
+    assert res.stderr.count("interrupted.ckpt saved") == 1, res.stderr[-3000:]
+    train(lenet(cifar_dir, *two, "--run_name", "cut", "--ckpt_path", "last"), tmp_path)
+    whole = torch.load(tmp_path / "runs" / "whole" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(run / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == whole["global_step"] == 10
+    for k, v in whole["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][k], v, atol=1e-6, rtol=1e-5, msg=k)
+
+
 def test_a_signal_during_setup_says_nothing_was_trained(cifar_dir, tmp_path):
     res = train(lenet(cifar_dir, "--trainer.callbacks+=fault_injection.SignalInSetup"), tmp_path, status=143)
     assert "interrupted by SIGTERM before training started: nothing was trained, nothing saved" in res.stderr

@@ -3,8 +3,15 @@
 loading, setup) either signal stops the run straight away and nothing is saved, since nothing was trained.
 
 Lightning handles SIGTERM itself (a flag that the loops read after each batch); Ctrl-C is turned into that same
-flag here. Any other exception (a bad data file, a crash, a diverged loss) saves nothing: ``last.ckpt``, written
-every epoch, stays the newest resume point instead of a checkpoint taken at a point that cannot be resumed.
+flag here. Under DDP (world size > 1) Lightning's own handler is replaced once training starts: it forwards the
+signal to the worker processes and issues a ``broadcast`` from inside the handler, a collective that interleaves
+with the training step's and deadlocks the job (or stops the ranks at different steps). Here the handler only
+records the signal; after each training batch the ranks reduce what they received (one ``max`` of an integer)
+and all raise Lightning's flag together, so a signal to any one process, or to all, stops every rank at the same
+batch boundary with one ``interrupted.ckpt``.
+
+Any other exception (a bad data file, a crash, a diverged loss) saves nothing: ``last.ckpt``, written every epoch,
+stays the newest resume point instead of a checkpoint taken at a point that cannot be resumed.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -41,11 +49,28 @@ def _handle(signum: int, frame) -> None:
     _state["signum"] = signum
     if trainer is None:
         raise Interrupted(signum)
-    if first:  # the training loop stops after this batch (for SIGTERM, Lightning's handler has set it too)
+    if not first:
+        if signum == signal.SIGINT:
+            print("\nsecond Ctrl-C: stopping now, without saving", file=sys.stderr)
+            raise KeyboardInterrupt
+    elif trainer.world_size == 1:  # the loop stops after this batch (for SIGTERM, Lightning's handler set it too)
         trainer._signal_connector.received_sigterm = True
-    elif signum == signal.SIGINT:
-        print("\nsecond Ctrl-C: stopping now, without saving", file=sys.stderr)
-        raise KeyboardInterrupt
+    # under DDP the ranks raise the flag together, after the batch: InterruptCheckpoint.on_train_batch_end
+
+
+def _take_over_sigterm(trainer: L.Trainer) -> None:
+    """Under DDP, SIGTERM goes to :func:`_handle` alone (after Lightning registered its handler, at fit)."""
+    if trainer.world_size > 1 and signal.getsignal(signal.SIGTERM) is not _handle:
+        signal.signal(signal.SIGTERM, _handle)
+
+
+def _stop_together(trainer: L.Trainer) -> None:
+    """One collective per batch, at the same point on every rank: the largest signal number any rank received."""
+    local = torch.tensor([_state["signum"] or 0], dtype=torch.int32, device=trainer.strategy.root_device)
+    signum = int(trainer.strategy.reduce(local, reduce_op="max").item())
+    if signum:
+        _state["signum"] = _state["signum"] or signum
+        trainer._signal_connector.received_sigterm = True
 
 
 @contextmanager
@@ -70,8 +95,16 @@ class InterruptCheckpoint(L.Callback):
     def __init__(self, dirpath: str | Path, filename: str = "interrupted") -> None:
         self.path = Path(dirpath) / f"{filename}.ckpt"
 
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _take_over_sigterm(trainer)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _take_over_sigterm(trainer)
         _state["trainer"] = trainer
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.world_size > 1:
+            _stop_together(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _state["trainer"] = None

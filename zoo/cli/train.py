@@ -316,13 +316,14 @@ def _interrupted() -> int:
     saved = run / "checkpoints" / "interrupted.ckpt"
     if saved.is_file():
         epoch, step = checkpoint_position(saved)
-        print(
-            f"\ninterrupted by {name}: {saved} saved (epoch {epoch}, step {step}); resume with the same command and "
-            "--ckpt_path last",
-            file=sys.stderr,
+        message = (
+            f"interrupted by {name}: {saved} saved (epoch {epoch}, step {step}); resume with the same command and "
+            "--ckpt_path last"
         )
     else:
-        print(f"\ninterrupted by {name} before training started: nothing was trained, nothing saved", file=sys.stderr)
+        message = f"interrupted by {name} before training started: nothing was trained, nothing saved"
+    if rank_zero_only.rank == 0:  # under DDP every process stops; one says so
+        print(f"\n{message}", file=sys.stderr)
     return 128 + signum
 
 

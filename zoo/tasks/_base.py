@@ -26,8 +26,9 @@ __all__ = ["Task"]
 
 class Task(FineTuning, L.LightningModule):
     """The base of every task. Fine-tuning from published weights (``freeze``, ``unfreeze_epoch``,
-    ``backbone_lr_mult``, ``pretrained``) comes from ``zoo.tasks._finetune``; one speed switch is here: ``compile`` (True, False, or None for the family's ``compile_default``) compiles the net
-    with ``torch.compile`` while a run fits (see ``zoo.tasks._compile``); checkpoints and state dicts are the same.
+    ``backbone_lr_mult``, ``pretrained``) comes from ``zoo.tasks._finetune``; one speed switch is here:
+    ``compile`` (True, False, or None for the family's ``compile_default``) compiles the net with ``torch.compile``
+    while a run fits (see ``zoo.tasks._compile``); checkpoints and state dicts are the same.
     """
 
     monitor: tuple[str, str] = ("val_loss", "min")  # what ModelCheckpoint selects on in train.py
