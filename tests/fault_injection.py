@@ -23,13 +23,15 @@ class SignalAt(L.Callback):
 
 
 class SignalInSetup(L.Callback):
-    """Sends this process ``signum`` while the run is being set up, before the first training step."""
+    """Sends this process ``signum`` while the run is being set up, before the first training step (under DDP
+    only in the process of global rank ``rank`` when given)."""
 
-    def __init__(self, signum: int = int(signal.SIGTERM)) -> None:
-        self.signum = signum
+    def __init__(self, signum: int = int(signal.SIGTERM), rank: int | None = None) -> None:
+        self.signum, self.rank = signum, rank
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        os.kill(os.getpid(), self.signum)
+        if self.rank in (None, trainer.global_rank):
+            os.kill(os.getpid(), self.signum)
 
 
 class CrashAt(L.Callback):

@@ -225,6 +225,18 @@ def test_a_signal_during_setup_says_nothing_was_trained(cifar_dir, tmp_path):
     assert not list((tmp_path / "runs").rglob("*.ckpt"))
 
 
+@pytest.mark.slow
+def test_a_signal_to_the_ddp_launcher_during_setup_stops_its_workers(cifar_dir, tmp_path):
+    """The launcher (rank 0) stopping before training stops its workers too: they exit quietly instead of failing on
+    the connection it closed ('RuntimeError: ... Connection closed by peer' printed by each)."""
+    ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+    signal_ = ["--trainer.callbacks+=fault_injection.SignalInSetup", "--trainer.callbacks.rank", "0"]
+    res = run_train(lenet(cifar_dir, *ddp, *signal_), tmp_path, env=ENV, timeout=120)
+    assert res.returncode == 143, res.stderr[-3000:]
+    assert res.stderr.count("nothing was trained, nothing saved") == 1, res.stderr[-3000:]
+    assert "error" not in res.stderr, res.stderr[-3000:]
+
+
 @pytest.mark.parametrize(
     "args,expected",
     [

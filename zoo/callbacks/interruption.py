@@ -111,6 +111,8 @@ class InterruptCheckpoint(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         _state["trainer"] = None
+        if isinstance(exception, Interrupted) and trainer.strategy.launcher is not None:
+            trainer.strategy.launcher.kill(exception.signum)  # DDP workers it started stop too, not wait for it
         at_boundary = isinstance(exception, SIGTERMException) and not isinstance(exception, Interrupted)
         if at_boundary and trainer.global_step > 0:
             trainer.save_checkpoint(self.path)
