@@ -129,6 +129,17 @@ def test_bad_input_is_a_clear_error(args, msg, cifar_dir, tmp_path):
     assert msg in res.stderr + res.stdout, res.stderr[-2000:]
 
 
+@pytest.mark.parametrize("args", [["--model", "lenet5"], ["--config", "configs/lenet5.cifar10.yaml"]])
+def test_a_missing_subcommand_is_named(args, capsys):
+    """Not LightningCLI's 'invalid choice: zoo.tasks.image.ImageClassifier' (the rewritten --model lenet5)."""
+    from zoo.cli.train import main
+
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"train.py: error: no subcommand: start with one of fit, validate, test, predict (train.py fit {args[0]} ...)"
+    )
+
+
 def test_missing_dataset_offline(tmp_path):
     res = run_train(
         [

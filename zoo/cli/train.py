@@ -64,6 +64,7 @@ from zoo.cli.resume import checkpoint_position, plain_value, resolve_checkpoint,
 __all__ = ["ZooCLI", "main", "rewrite_argv"]
 
 
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 SHORT_KEYS = ("--model", "--data", "--model.help", "--data.help", "--trainer.logger", "--trainer.logger+")
 
 
@@ -335,6 +336,8 @@ def _quiet_lightning() -> None:
 
 def _run(args: list[str], from_command_line: bool, debug: bool) -> int:
     try:
+        if args and args[0].startswith("--") and args[0] != "--help" and not set(args) & set(SUBCOMMANDS):
+            raise UsageError(f"no subcommand: start with one of {', '.join(SUBCOMMANDS)} (train.py fit {args[0]} ...)")
         args = rewrite_argv(args)
         if from_command_line:  # strategy="ddp" relaunches sys.argv, so rewrite it in place
             sys.argv[1:] = args
