@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from zoo.nets.recurrent import CELLS, RecurrentEncoder
+from zoo.nets.recurrent import CELLS, LockedDropout, RecurrentEncoder
 
 VARIANTS = [(cell, bi, res) for cell in CELLS for bi in (False, True) for res in (False, True)]
 IDS = [f"{c}-{'bi' if b else 'uni'}-{'res' if r else 'plain'}" for c, b, r in VARIANTS]
@@ -78,6 +78,45 @@ def test_initialisation_follows_the_literature():
     assert irnn.layers[0].weight_ih_l0.abs().max() < 0.01
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_weight_drop_masks_recurrent_weights_once_per_batch(cell):
+    """DropConnect: the hidden-to-hidden weights of each layer lose about p of their entries for the whole batch
+    (their gradient is exactly zero there), the parameters stay whole, and evaluation uses them all."""
+    plain, dropped = encoder(cell), encoder(cell, weight_drop=0.5)
+    tokens = torch.randint(1, 11, (3, 7))
+    torch.testing.assert_close(dropped(tokens)[0], plain(tokens)[0])  # eval: no drop
+    dropped.train()
+    before = {k: v.clone() for k, v in dropped.state_dict().items()}
+    out, _ = dropped(tokens)
+    assert not torch.allclose(out, plain(tokens)[0])
+    out.sum().backward()
+    for k, v in dropped.state_dict().items():
+        torch.testing.assert_close(v, before[k], msg=k)
+    for layer in dropped.layers:
+        zero = (layer.weight_hh_l0.grad == 0).float().mean().item()
+        assert 0.35 < zero < 0.65, zero  # the dropped half gets no gradient
+        assert (layer.weight_ih_l0.grad != 0).float().mean() > 0.9  # input weights are not dropped
+    # one mask for the whole batch and every step: with the same draw, a padded batch row equals that row alone
+    lengths = torch.tensor([7, 4, 2])
+    torch.manual_seed(1)
+    batch, _ = dropped(tokens, lengths)
+    torch.manual_seed(1)
+    alone, _ = dropped(tokens[1:2, :4])
+    torch.testing.assert_close(batch[1:2, :4], alone)
+
+
+def test_variational_dropout_keeps_one_mask_along_time():
+    drop = LockedDropout(0.5, batch_first=True).train()
+    out = drop(torch.ones(4, 9, 16))
+    assert torch.equal(out, out[:, :1].expand_as(out))  # the same at every step
+    assert not torch.equal(out[0], out[1])  # a mask per sequence
+    assert set(out.unique().tolist()) <= {0.0, 2.0}
+    assert torch.equal(LockedDropout(0.5, batch_first=False).eval()(out), out)
+    torch.testing.assert_close(
+        encoder("lstm", dropout=0.3, variational=True)(torch.randint(1, 11, (2, 5)))[0].shape, torch.Size([2, 5, 5])
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -86,6 +125,7 @@ def test_initialisation_follows_the_literature():
         ({"cell": "gru"}, "exactly one of vocab_size"),
         ({"cell": "gru", "vocab_size": 5, "dropout": 1.0}, "0 <= dropout < 1"),
         ({"cell": "rnn", "vocab_size": 5, "nonlinearity": "sigmoid"}, "nonlinearity must be one of"),
+        ({"cell": "lstm", "vocab_size": 5, "weight_drop": 1.0}, "weight_drop is a probability"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, message):

@@ -7,6 +7,11 @@ sequence gives the same outputs and final state as the same sequence alone. ``to
 (its sizes are data): there, padded batches take ``zoo.nets.masked_rnn.masked_recurrence``, the same function
 without packing.
 
+Regularisation for small corpora (AWD-LSTM, Merity et al. 2018), both off by default: ``weight_drop`` drops
+hidden-to-hidden weights (DropConnect, Wan et al. 2013), one mask per batch shared by every time step, so the fused
+kernel still runs; ``variational`` makes the embedding and between-layer dropout one mask per sequence, shared by
+its time steps (Gal & Ghahramani 2016), instead of a fresh mask at every step.
+
 Initialisation, each configurable (the defaults are the literature's, not PyTorch's uniform init):
 - recurrent weights orthogonal per gate block (Saxe et al. 2014), or the identity for relu RNNs (IRNN,
   Le et al. 2015: identity recurrence, zero bias, small input weights);
@@ -27,11 +32,35 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from zoo._registry import register_model
 from zoo.nets.masked_rnn import cell_step, masked_recurrence
 
-__all__ = ["RecurrentEncoder", "RecurrentClassifier", "RecurrentLM", "CELLS", "RECURRENT_INITS", "POOLINGS"]
+__all__ = [
+    "LockedDropout",
+    "RecurrentEncoder",
+    "RecurrentClassifier",
+    "RecurrentLM",
+    "CELLS",
+    "RECURRENT_INITS",
+    "POOLINGS",
+]
 
 CELLS = ("rnn", "lstm", "gru")
 RECURRENT_INITS = ("orthogonal", "identity", "default")
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # gate blocks stacked in weight_hh (PyTorch order: LSTM i,f,g,o; GRU r,z,n)
+
+
+class LockedDropout(nn.Dropout):
+    """Dropout with one mask per sequence, the same at each of its time steps (variational dropout): inputs
+    ``(B, T, F)`` when ``batch_first``, else ``(T, B, F)``."""
+
+    def __init__(self, p: float = 0.0, batch_first: bool = True) -> None:
+        super().__init__(p)
+        self.time_dim = 1 if batch_first else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        shape = list(x.shape)
+        shape[self.time_dim] = 1
+        return x * x.new_empty(shape).bernoulli_(1 - self.p).div_(1 - self.p)
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -53,6 +82,8 @@ class RecurrentEncoder(nn.Module):
         batch_first: ``(B, T, ...)`` inputs and outputs, else ``(T, B, ...)``.
         forget_bias: initial LSTM forget-gate bias.
         recurrent_init: ``orthogonal``, ``identity`` (relu RNNs: IRNN) or ``default`` (PyTorch's uniform).
+        weight_drop: DropConnect probability on the hidden-to-hidden weights in training (one mask per batch).
+        variational: ``dropout`` with one mask per sequence, shared by its time steps.
 
     ``masked`` (an attribute, off): padded batches run through ``masked_recurrence`` instead of packing, the
     path ``torch.export`` traces (it is taken there whatever the attribute); ``zoo.nets.masked_rnn.use_masked`` sets
@@ -79,6 +110,8 @@ class RecurrentEncoder(nn.Module):
         padding_idx: int | None = 0,
         forget_bias: float = 1.0,
         recurrent_init: str = "orthogonal",
+        weight_drop: float = 0.0,
+        variational: bool = False,
     ) -> None:
         super().__init__()
         _choice("cell", cell, CELLS)
@@ -92,6 +125,9 @@ class RecurrentEncoder(nn.Module):
             raise ValueError(
                 f"need hidden_size >= 1, num_layers >= 1, 0 <= dropout < 1; got {hidden_size}, {num_layers}, {dropout}"
             )
+        if not 0 <= weight_drop < 1:
+            raise ValueError(f"weight_drop is a probability in [0, 1); got {weight_drop}")
+        self.weight_drop = weight_drop
         self.cell, self.nonlinearity, self.batch_first = cell, nonlinearity, batch_first
         self.hidden_size, self.num_layers = hidden_size, num_layers
         self.num_directions = 2 if bidirectional else 1
@@ -104,7 +140,7 @@ class RecurrentEncoder(nn.Module):
             self.embedding = None
             in_size = vocab_size if one_hot else input_size
         self.input_size = in_size
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = LockedDropout(dropout, batch_first) if variational else nn.Dropout(dropout)
         kw = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         rnn_cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
         self.layers = nn.ModuleList(
@@ -184,13 +220,21 @@ class RecurrentEncoder(nn.Module):
 
     def _layer(self, layer: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None, hx, total: int):
         """One fused layer over a padded batch: packed (training and inference), or masked when ``masked`` is set
-        or ``torch.export`` traces (it cannot trace packing)."""
+        or ``torch.export`` traces (it cannot trace packing; inference only). In training with ``weight_drop`` the
+        fused layer runs with dropped hidden-to-hidden weights; its parameters are left as they are."""
+        call = layer
+        if self.training and self.weight_drop > 0:
+            dropped = {n: F.dropout(w, self.weight_drop) for n, w in layer.named_parameters() if "weight_hh" in n}
+
+            def call(*args):
+                return torch.func.functional_call(layer, dropped, args)
+
         if lengths is None:
-            return layer(x, hx)
+            return call(x, hx)
         if self.masked or torch.compiler.is_exporting():
             return masked_recurrence(layer, x, lengths, hx)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=self.batch_first, enforce_sorted=False)
-        out, hn = layer(packed, hx)
+        out, hn = call(packed, hx)
         return pad_packed_sequence(out, batch_first=self.batch_first, total_length=total)[0], hn
 
     def unrolled_states(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -300,7 +344,10 @@ class RecurrentLM(nn.Module):
         if encoder.get("bidirectional"):
             raise ValueError("a language model reads left to right: bidirectional must be False")
         self.encoder = RecurrentEncoder(vocab_size=vocab_size, **encoder)
-        self.dropout = nn.Dropout(output_dropout)
+        batch_first = encoder.get("batch_first", True)
+        self.dropout = (
+            LockedDropout(output_dropout, batch_first) if encoder.get("variational") else nn.Dropout(output_dropout)
+        )
         self.head = nn.Linear(self.encoder.hidden_size, vocab_size)
         if tie_weights:
             if self.encoder.embedding is None or self.encoder.embedding.embedding_dim != self.encoder.hidden_size:
