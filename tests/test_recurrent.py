@@ -5,7 +5,8 @@ import sys
 import pytest
 import torch
 
-from zoo.nets.recurrent import CELLS, LockedDropout, RecurrentEncoder
+from zoo.nets.dropout import LockedDropout
+from zoo.nets.recurrent import CELLS, RecurrentEncoder
 
 VARIANTS = [(cell, bi, res) for cell in CELLS for bi in (False, True) for res in (False, True)]
 IDS = [f"{c}-{'bi' if b else 'uni'}-{'res' if r else 'plain'}" for c, b, r in VARIANTS]

@@ -30,37 +30,14 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from zoo._registry import register_model
+from zoo.nets.dropout import sequence_dropout
 from zoo.nets.masked_rnn import cell_step, masked_recurrence
 
-__all__ = [
-    "LockedDropout",
-    "RecurrentEncoder",
-    "RecurrentClassifier",
-    "RecurrentLM",
-    "CELLS",
-    "RECURRENT_INITS",
-    "POOLINGS",
-]
+__all__ = ["RecurrentEncoder", "RecurrentClassifier", "RecurrentLM", "CELLS", "RECURRENT_INITS", "POOLINGS"]
 
 CELLS = ("rnn", "lstm", "gru")
 RECURRENT_INITS = ("orthogonal", "identity", "default")
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # gate blocks stacked in weight_hh (PyTorch order: LSTM i,f,g,o; GRU r,z,n)
-
-
-class LockedDropout(nn.Dropout):
-    """Dropout with one mask per sequence, the same at each of its time steps (variational dropout): inputs
-    ``(B, T, F)`` when ``batch_first``, else ``(T, B, F)``."""
-
-    def __init__(self, p: float = 0.0, batch_first: bool = True) -> None:
-        super().__init__(p)
-        self.time_dim = 1 if batch_first else 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        shape = list(x.shape)
-        shape[self.time_dim] = 1
-        return x * x.new_empty(shape).bernoulli_(1 - self.p).div_(1 - self.p)
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -140,7 +117,8 @@ class RecurrentEncoder(nn.Module):
             self.embedding = None
             in_size = vocab_size if one_hot else input_size
         self.input_size = in_size
-        self.dropout = LockedDropout(dropout, batch_first) if variational else nn.Dropout(dropout)
+        self.variational = variational
+        self.dropout = sequence_dropout(dropout, variational, batch_first)
         kw = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         rnn_cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
         self.layers = nn.ModuleList(
@@ -344,10 +322,7 @@ class RecurrentLM(nn.Module):
         if encoder.get("bidirectional"):
             raise ValueError("a language model reads left to right: bidirectional must be False")
         self.encoder = RecurrentEncoder(vocab_size=vocab_size, **encoder)
-        batch_first = encoder.get("batch_first", True)
-        self.dropout = (
-            LockedDropout(output_dropout, batch_first) if encoder.get("variational") else nn.Dropout(output_dropout)
-        )
+        self.dropout = sequence_dropout(output_dropout, self.encoder.variational, self.encoder.batch_first)
         self.head = nn.Linear(self.encoder.hidden_size, vocab_size)
         if tie_weights:
             if self.encoder.embedding is None or self.encoder.embedding.embedding_dim != self.encoder.hidden_size:
