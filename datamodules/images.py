@@ -8,23 +8,22 @@ Layouts (class names are the sorted folder names of the train split; at least tw
 - ``root/train/<class>/``, optionally ``root/val/`` (or ``valid/``) and ``root/test/``: the user's own splits;
   a missing val or test split is carved out of train the same way.
 
-Files are only listed and checked at ``setup``; pixels are decoded in ``__getitem__`` (in the loader workers), so a
-folder larger than memory works. Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``, ``__MACOSX``) and
-other extensions (``notes.txt``) are ignored silently.
+Files are only listed and checked at ``setup`` (``datamodules.image_folders``); pixels are decoded in
+``__getitem__`` (in the loader workers), so a folder larger than memory works. Hidden files and folders
+(``.DS_Store``, ``.ipynb_checkpoints``, ``__MACOSX``) and other extensions (``notes.txt``) are ignored silently.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -33,126 +32,21 @@ from datamodules import DatasetError
 from datamodules._augment import AUGMENT_ARGS, augmentation, check_augmentation, normalisation, sample_key, seeded
 from datamodules._base import SplitDataModule, init_arguments
 from datamodules.contract import IMAGE_MODES, open_image
+from datamodules.image_folders import (
+    IMAGE_EXTENSIONS,
+    SHOW_FILES,
+    check_classes,
+    check_image,
+    find_splits,
+    scan_classes,
+    split_per_class,
+    subdirs,
+)
 
 __all__ = ["ImageFolderDataModule", "ImageFiles", "IMAGE_EXTENSIONS", "find_splits", "scan_classes", "split_per_class"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
-LAYOUT = "root/<class>/*.jpg (or root/train/<class>/*.jpg with optional root/val/ and root/test/)"
 STATS_IMAGES = 2000  # enough for mean/std to ~3 decimals; bounded so setup stays quick on a large folder
 BAD_FILES = ("skip", "error")
-SHOW_FILES = 5  # bad files named in a message; the rest are counted
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name.startswith("__")
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name))
-
-
-def _image_files(folder: Path) -> tuple[list[Path], int]:
-    """Image files under ``folder`` (recursive, sorted, hidden parts skipped) and the number of other files."""
-    images, others = [], 0
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not _hidden(d)]  # pruned in place: os.walk does not descend
-        for name in filenames:
-            if _hidden(name):
-                continue
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                images.append(Path(dirpath) / name)
-            else:
-                others += 1
-    return sorted(images), others
-
-
-def find_splits(root: Path) -> dict[str, Path]:
-    """``{"train": ..., "val": ..., "test": ...}`` (those present) for the split layout; ``{"pool": root}`` else."""
-    if not root.is_dir():
-        raise DatasetError(f"image folder {root} does not exist (or is not a folder); expected {LAYOUT}")
-    dirs = {p.name: p for p in _subdirs(root)}
-    if "train" not in dirs:
-        return {"pool": root}
-    found: dict[str, Path] = {}
-    for split, names in SPLIT_NAMES.items():
-        hits = [n for n in names if n in dirs]
-        if len(hits) > 1:
-            raise DatasetError(f"{root} has {' and '.join(h + '/' for h in hits)}: keep one {split} folder")
-        if hits:
-            found[split] = dirs[hits[0]]
-    other = sorted(set(dirs) - {p.name for p in found.values()})
-    if other:
-        raise DatasetError(
-            f"{root} has train/ next to {', '.join(o + '/' for o in other)}: put every class folder under train/ "
-            f"(and val/, test/), or rename train/ if it is a class; expected {LAYOUT}"
-        )
-    return found
-
-
-def scan_classes(folder: Path) -> dict[str, list[Path]]:
-    """Class name -> sorted image files; a folder without class folders, or a class without images, is an error."""
-    classes = _subdirs(folder)
-    if not classes:
-        files = sorted(p.name for p in folder.iterdir() if not _hidden(p.name))
-        found = f"{len(files)} files ({', '.join(files[:SHOW_FILES])}{', ...' if len(files) > SHOW_FILES else ''})"
-        raise DatasetError(
-            f"{folder} holds no class folders, only {found if files else 'nothing'}; expected {LAYOUT}, "
-            "one folder per class"
-        )
-    out, empty = {}, []
-    for c in classes:
-        out[c.name], others = _image_files(c)
-        if not out[c.name]:
-            empty.append(f"{c.name}/ ({others} other files)" if others else f"{c.name}/ (empty)")
-    if empty:
-        raise DatasetError(f"{folder}: class folders without images ({' '.join(IMAGE_EXTENSIONS)}): {', '.join(empty)}")
-    return out
-
-
-def _check_classes(folder: Path, classes: list[str]) -> list[str]:
-    """``classes``, the class folders found in ``folder``, if there are at least two: with one, every image has the
-    same label and there is nothing to learn (a classifier's metrics are not even defined)."""
-    if len(classes) < 2:
-        raise DatasetError(
-            f"{folder} has {len(classes)} class folder ({', '.join(c + '/' for c in classes)}): a classifier needs "
-            f"at least 2 classes. Add a folder of images for each other class next to it (expected {LAYOUT})"
-        )
-    return classes
-
-
-def _check_image(path: Path) -> str | None:
-    """None if PIL can parse the file; else why not. ``verify`` reads the structure without decoding pixels."""
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as e:  # noqa: BLE001 (PIL raises OSError, SyntaxError, struct.error, ... for broken files)
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-def split_per_class(
-    per_class: Sequence[list[Path]], fractions: dict[str, float], seed: int
-) -> dict[str, list[tuple[Path, int]]]:
-    """Split each class's files by a seeded permutation into ``train`` and the splits in ``fractions``.
-
-    Each split gets round(n * fraction) of a class's n images, but train always keeps at least one, so a class
-    too small for every split appears in train only (val first gets what is left, then test). Its own
-    permutation (torch's generator), not ``text_classification.stratified_split``'s: each keeps the splits it
-    has drawn for runs and checkpoints already made.
-    """
-    g = torch.Generator().manual_seed(seed)
-    out: dict[str, list[tuple[Path, int]]] = {"train": [], **{s: [] for s in fractions}}
-    for label, files in enumerate(per_class):
-        n = len(files)
-        perm = torch.randperm(n, generator=g).tolist()
-        start = 0
-        for split, fraction in fractions.items():
-            k = min(int(n * fraction + 0.5), n - 1 - start)
-            out[split] += [(files[i], label) for i in perm[start : start + k]]
-            start += k
-        out["train"] += [(files[i], label) for i in perm[start:]]
-    return out
 
 
 class ImageFiles(Dataset):
@@ -309,7 +203,7 @@ class ImageFolderDataModule(SplitDataModule):
         if self._classes is None:
             folders = find_splits(self.root)
             main = folders.get("train", folders.get("pool"))
-            self._classes = _check_classes(main, [p.name for p in _subdirs(main)])
+            self._classes = check_classes(main, [p.name for p in subdirs(main)])
         return self._classes
 
     @property
@@ -323,7 +217,7 @@ class ImageFolderDataModule(SplitDataModule):
         folders = find_splits(self.root)
         scanned = {split: scan_classes(folder) for split, folder in folders.items()}
         main = "pool" if "pool" in scanned else "train"
-        classes = _check_classes(folders[main], sorted(scanned[main]))
+        classes = check_classes(folders[main], sorted(scanned[main]))
         for split, per_class in scanned.items():
             extra, missing = sorted(set(per_class) - set(classes)), sorted(set(classes) - set(per_class))
             if extra or missing:
@@ -353,7 +247,7 @@ class ImageFolderDataModule(SplitDataModule):
     def _drop_bad(self, scanned: dict[str, dict[str, list[Path]]]) -> dict[str, dict[str, list[Path]]]:
         files = [p for per_class in scanned.values() for ps in per_class.values() for p in ps]
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # mostly I/O: threads overlap it
-            bad = {p: why for p, why in zip(files, pool.map(_check_image, files)) if why is not None}
+            bad = {p: why for p, why in zip(files, pool.map(check_image, files)) if why is not None}
         if not bad:
             return scanned
         named = "; ".join(f"{p.relative_to(self.root)} ({why})" for p, why in list(bad.items())[:SHOW_FILES])

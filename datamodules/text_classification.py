@@ -31,7 +31,7 @@ def stratified_split(
     examples: list[Example], val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, list[Example]]:
     """Per class, a seeded shuffle cut into train/val/test by the fractions (at least one train example each).
-    Python's ``random`` draws it, not torch as ``images.split_per_class``: each keeps the splits it has drawn
+    Python's ``random`` draws it, not torch as ``image_folders.split_per_class``: each keeps the splits it has drawn
     (the published weights' test splits among them)."""
     by_label: dict[str, list[Example]] = defaultdict(list)
     for ex in examples:

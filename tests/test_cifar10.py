@@ -11,9 +11,8 @@ import pytest
 import torch
 from conftest import N_TEST, N_TRAIN, write_cifar
 
-from datamodules import DatasetError
-from datamodules import cifar10 as cifar
-from datamodules.cifar10 import CIFAR10DataModule, Cutout, load_cifar10
+from datamodules import DatasetError, cifar10_files
+from datamodules.cifar10 import CIFAR10_MEAN, CIFAR10DataModule, Cutout, load_cifar10
 
 SMALL = dict(num_images=(N_TRAIN, N_TEST), val_size=40, num_workers=0, batch_size=16)
 NO_AUG = dict(hflip=0.0, crop_padding=0)
@@ -129,7 +128,7 @@ def test_missing_offline_without_download(tmp_path):
 
 
 def test_missing_and_unreachable_network(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar, "URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # refused at once
+    monkeypatch.setattr(cifar10_files, "URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # refused at once
     dm = dm_for(tmp_path / "none")
     with pytest.raises(DatasetError, match="could not be downloaded.*Put cifar-10-python.tar.gz"):
         dm.prepare_data()
@@ -220,7 +219,7 @@ def test_pickle_that_runs_code_is_refused_before_it_runs(tmp_path, member, as_ar
 def test_batches_pickled_at_any_protocol_with_numpy_labels_load(tmp_path, protocol):
     folder = write_cifar(tmp_path, as_archive=False)
     want = load_cifar10(folder, (N_TRAIN, N_TEST))
-    for name in ["batches.meta", "test_batch", *cifar.TRAIN_BATCHES]:
+    for name in ["batches.meta", "test_batch", *cifar10_files.TRAIN_BATCHES]:
         d = pickle.loads((folder / name).read_bytes(), encoding="latin1")
         if "labels" in d:  # numpy ints, as a re-packer writing list(labels_array) would leave them
             d["labels"] = list(np.asarray(d["labels"], dtype=np.int64))
@@ -254,10 +253,10 @@ def test_bad_config_values(tmp_path, kw, msg):
 
 # -- the real archive (shared/data/cifar10: lossless, rebuilt, other md5s) --------------------------------------
 def test_real_archive_structure(real_data_dir):
-    path = cifar.find_cifar10(real_data_dir)
+    path = cifar10_files.find_cifar10(real_data_dir)
     data = load_cifar10(path)
     x, y = data["train"]
     assert x.shape == (50_000, 3, 32, 32) and data["test"][0].shape == (10_000, 3, 32, 32)
     assert torch.bincount(y).tolist() == [5000] * 10
     mean = x.float().div(255).mean((0, 2, 3))
-    assert torch.allclose(mean, torch.tensor(cifar.CIFAR10_MEAN), atol=1e-3)
+    assert torch.allclose(mean, torch.tensor(CIFAR10_MEAN), atol=1e-3)

@@ -10,7 +10,7 @@ import test_download
 from conftest import N_TEST, N_TRAIN, write_cifar
 
 from datamodules import DatasetError
-from datamodules import cifar10 as cifar
+from datamodules import cifar10_files as cifar
 from zoo.cli import demo
 
 server = test_download.server  # the local HTTP server fixture

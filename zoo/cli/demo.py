@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import zoo
-from datamodules import DatasetError, cifar10, default_data_dir
-from datamodules.cifar10 import CIFAR10DataModule, download_cifar10, find_cifar10
+from datamodules import DatasetError, cifar10_files, default_data_dir
+from datamodules.cifar10 import CIFAR10DataModule
+from datamodules.cifar10_files import download_cifar10, find_cifar10
 from zoo.checkpoint import CheckpointError, read_checkpoint
 from zoo.cli.main import render_result
 from zoo.weights import PretrainedError
@@ -61,7 +62,7 @@ def ensure_cifar10(data_dir: Path) -> Path:
     if found is not None:
         print(f"      CIFAR-10: {found}")
         return found
-    print(f"      CIFAR-10 is not in {data_dir}: downloading {cifar10.URL} (163 MB, md5-checked)", flush=True)
+    print(f"      CIFAR-10 is not in {data_dir}: downloading {cifar10_files.URL} (163 MB, md5-checked)", flush=True)
     path = download_cifar10(data_dir)
     print(f"      saved {path}")
     return path

@@ -5,7 +5,7 @@ Ma & Hovy 2016; the hybrid: Bourlard & Morgan 1994, ``zoo.nets.hmm``).
 Characters of each word are read by a BiLSTM (Lample et al.: the final states of both directions) or a CNN with
 max-pooling over the word (Ma & Hovy); ``char_encoder="none"`` leaves them out. The transitions of the CRF (and of
 the HMM) are constrained by the tag scheme when ``tag_names`` and ``scheme`` are given
-(``zoo.nets.crf.scheme_constraints``).
+(``zoo.nets.tag_schemes.scheme_constraints``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from zoo._registry import register_model
 from zoo.nets.casing import CASES
-from zoo.nets.crf import CRF, scheme_constraints
+from zoo.nets.crf import CRF
 from zoo.nets.hmm import HMM
 from zoo.nets.masked_rnn import masked_recurrence
 from zoo.nets.recurrent import CELLS, RecurrentEncoder, _choice
+from zoo.nets.tag_schemes import scheme_constraints
 
 __all__ = ["SequenceTagger", "OUTPUTS", "CHAR_ENCODERS"]
 
