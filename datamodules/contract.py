@@ -46,6 +46,7 @@ __all__ = [
     "tokenizer",
     "char_tokenize",
     "whitespace_tokenize",
+    "WORD",
     "MAX_WORD_LEN",
     "IMAGE_MODES",
     "image_mode",
@@ -81,6 +82,11 @@ def char_tokenize(text: str) -> list[str]:
 
 def whitespace_tokenize(text: str) -> list[str]:
     return text.split()
+
+
+# words of a translation's ``word`` tokeniser, and the words that word-level BLEU counts for either tokeniser: runs
+# of letters/digits with inner apostrophes and hyphens kept, every other non-space character on its own
+WORD = r"\w+(?:['’-]\w+)*|[^\w\s]"
 
 
 # by the name a DataModule's ``tokenizer`` and a task's ``tokenizer`` hyperparameter hold

@@ -13,8 +13,8 @@ Any readable path works, a pipe too (``--data.source <(cut -f2 corpus.tsv)``): e
 process: under DDP every process reads the files, so give them real files).
 
 Tokenisation (``tokenizer``), learned on the train split only:
-- ``word``: the regular expression ``WORD`` below (runs of letters/digits, with inner apostrophes and hyphens
-  kept, or any single other non-space character), a vocabulary of the tokens seen ``min_freq`` times (others
+- ``word``: the regular expression ``datamodules.contract.WORD`` (runs of letters/digits, with inner apostrophes
+  and hyphens kept, or any single other non-space character), a vocabulary of the tokens seen ``min_freq`` times (others
   become ``<unk>``); the model joins its output words by rule (``zoo.tasks.text_codec.detokenize``);
 - ``bpe``: byte-pair encoding (Sennrich et al. 2016) with the ``tokenizers`` library, ``bpe_vocab_size`` symbols
   per language, spaces kept as the ``▁`` marker so decoding gives back the exact text.
@@ -43,13 +43,12 @@ from torch.utils.data import DataLoader
 
 from datamodules import DatasetError, default_data_dir
 from datamodules._base import SplitLoaders, init_arguments
-from datamodules.contract import BOS, EOS, PAD_ID, UNK
+from datamodules.contract import BOS, EOS, PAD_ID, UNK, WORD
 from datamodules.contract import SEQ2SEQ_SPECIALS as SPECIALS  # ids 0-3 on both sides
 from datamodules.text import Vocab, bucket_loader
 
 __all__ = ["TranslationDataModule", "WORD", "word_tokenize", "SPECIALS", "read_lines"]
 
-WORD = r"\w+(?:['’-]\w+)*|[^\w\s]"
 _WORD = re.compile(WORD)
 
 

@@ -249,6 +249,21 @@ def test_bpe_round_trips_exactly(toy_tsv):
     assert codec.itos[:4] == ["<pad>", "<unk>", "<bos>", "<eos>"] and len(codec.itos) <= 60
 
 
+@pytest.mark.parametrize("tokenizer", ["word", "bpe"])
+def test_word_bleu_counts_words_for_either_tokenizer(toy_tsv, tokenizer):
+    """``test_bleu_tok`` compares words: a BPE model's pieces are joined back into them first, so that its
+    figure is the one a word model (and a tutorial that tokenises) reports, not BLEU over sub-word pieces."""
+    from zoo.tasks.text_codec import TextCodec
+
+    dm = toy_dm(toy_tsv, tokenizer=tokenizer, bpe_vocab_size=40)
+    dm.setup("fit")
+    codec = TextCodec(dm.tgt_spec)
+    for ref in dm.references["test"][:10]:
+        assert codec.output_words(codec.encode(ref)) == codec.words(ref) == word_tokenize(ref)
+    if tokenizer == "bpe":
+        assert any(codec.tokens(r) != word_tokenize(r) for r in dm.references["test"][:10])  # pieces, not words
+
+
 def test_multi30k(real_data_dir):
     dm = TranslationDataModule(data_dir=str(real_data_dir))
     dm.setup("fit")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from datamodules.contract import UNK_ID
+from datamodules.contract import UNK_ID, WORD
 
 __all__ = ["TextCodec", "detokenize"]
 
@@ -35,13 +35,23 @@ class TextCodec:
         if spec["tokenizer"] == "bpe":
             from tokenizers import Tokenizer
 
-            self.bpe = Tokenizer.from_str(spec["bpe"])
+            self.bpe, self.pattern = Tokenizer.from_str(spec["bpe"]), re.compile(WORD)
         else:
             self.bpe, self.pattern = None, re.compile(spec["pattern"])
 
     def tokens(self, text: str) -> list[str]:
         text = text.lower() if self.spec.get("lowercase") else text
         return self.bpe.encode(text).tokens if self.bpe else self.pattern.findall(text)
+
+    def words(self, text: str) -> list[str]:
+        """The words of a raw string: the ``word`` tokeniser's own, or ``WORD``'s for ``bpe`` (whose pieces are
+        no words), so that word-level BLEU means the same for either."""
+        return self.pattern.findall(text)
+
+    def output_words(self, ids: list[int]) -> list[str]:
+        """The words of an output: its own tokens for ``word`` (``<unk>`` one of them), the words of its
+        decoded text for ``bpe``."""
+        return self.words(self.decode(ids)) if self.bpe else [self.itos[i] for i in ids]
 
     def encode(self, text: str) -> list[int]:
         return [self.stoi.get(t, UNK_ID) for t in self.tokens(text)]

@@ -29,9 +29,10 @@ class Seq2Seq(Task):
     ``*_ppl_tf`` its exponential, the teacher-forced perplexity. ``val_bleu`` is corpus sacreBLEU (13a
     tokenisation, cased) of greedy translations of the detokenised outputs against the raw references;
     ``test_bleu`` the same with beam search (``beam``, ``alpha``), ``test_bleu_greedy`` with greedy decoding, and
-    ``test_bleu_tok`` lowercased BLEU over the model's own tokens (no re-tokenisation; what tutorials that
-    lowercase and tokenise Multi30k report). With W&B, ``train.py`` logs a few validation translations (greedy and
-    beam) and their attention at each validation end (``zoo.callbacks.media.translation``).
+    ``test_bleu_tok`` lowercased BLEU over words (a ``word`` model's own tokens, those of the contract's ``WORD``
+    pattern for a ``bpe`` one; what tutorials that lowercase and tokenise Multi30k report). With W&B, ``train.py``
+    logs a few validation translations (greedy and beam) and their attention at each validation end
+    (``zoo.callbacks.media.translation``).
 
     Args:
         arch: ``seq2seq_gru_attn``, ``seq2seq_lstm_attn``, ``seq2seq_gru`` or ``seq_autoencoder``.
@@ -206,8 +207,8 @@ class Seq2Seq(Task):
         self.test_bleu_greedy.update([self.tgt_codec.decode(g.tokens) for g in greedy], refs)
         beams = self.net.beam_search(src, lengths, h.beam, h.alpha, h.max_len_a, h.max_len_b)
         self.test_bleu.update([self.tgt_codec.decode(b[0].tokens) for b in beams], refs)
-        tok = [" ".join(self.tgt_codec.itos[i] for i in b[0].tokens) for b in beams]
-        self.test_bleu_tok.update(tok, [[" ".join(self.tgt_codec.tokens(r[0]))] for r in refs])
+        words = [" ".join(self.tgt_codec.output_words(b[0].tokens)) for b in beams]
+        self.test_bleu_tok.update(words, [[" ".join(self.tgt_codec.words(r[0]))] for r in refs])
 
     def _eval_epoch_end(self, stage: str) -> None:
         nll = getattr(self, f"{stage}_nll").compute()
