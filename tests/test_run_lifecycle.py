@@ -226,11 +226,14 @@ def test_a_signal_during_setup_says_nothing_was_trained(cifar_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_signal_to_the_ddp_launcher_during_setup_stops_its_workers(cifar_dir, tmp_path):
-    """The launcher (rank 0) stopping before training stops its workers too: they exit quietly instead of failing on
-    the connection it closed ('RuntimeError: ... Connection closed by peer' printed by each)."""
+@pytest.mark.parametrize("rank", [0, 1], ids=["launcher", "worker"])
+def test_a_signal_to_one_ddp_process_during_setup_stops_them_all(rank, cifar_dir, tmp_path):
+    """One process stopping before training stops the others too. The launcher (rank 0): its workers exit quietly
+    instead of failing on the connection it closed ('RuntimeError: ... Connection closed by peer' printed by each).
+    A worker: the launcher and the other workers do not wait for it at their next collective (until the process
+    group's 30-minute timeout)."""
     ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
-    signal_ = ["--trainer.callbacks+=fault_injection.SignalInSetup", "--trainer.callbacks.rank", "0"]
+    signal_ = ["--trainer.callbacks+=fault_injection.SignalInSetup", "--trainer.callbacks.rank", str(rank)]
     res = run_train(lenet(cifar_dir, *ddp, *signal_), tmp_path, env=ENV, timeout=120)
     assert res.returncode == 143, res.stderr[-3000:]
     assert res.stderr.count("nothing was trained, nothing saved") == 1, res.stderr[-3000:]

@@ -8,7 +8,10 @@ signal to the worker processes and issues a ``broadcast`` from inside the handle
 with the training step's and deadlocks the job (or stops the ranks at different steps). Here the handler only
 records the signal; after each training batch the ranks reduce what they received (one ``max`` of an integer)
 and all raise Lightning's flag together, so a signal to any one process, or to all, stops every rank at the same
-batch boundary with one ``interrupted.ckpt``.
+batch boundary with one ``interrupted.ckpt``. Before training, the process that Lightning's ``ddp`` launcher
+runs as rank 0 sends its workers the signal it received; a worker it started that receives one sends it on to
+the launcher, so that one process stopping is never left to its peers' next collective ("Connection closed by
+peer") or to Lightning's child-process observer (a SIGKILL of every process, 5 s later).
 
 Any other exception (a bad data file, a crash, a diverged loss) saves nothing: ``last.ckpt``, written every epoch,
 stays the newest resume point instead of a checkpoint taken at a point that cannot be resumed.
@@ -16,6 +19,7 @@ stays the newest resume point instead of a checkpoint taken at a point that cann
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -29,6 +33,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 __all__ = ["Interrupted", "InterruptCheckpoint", "signals_routed", "received_signal"]
 
 _state: dict = {"trainer": None, "signum": None}
+# the pid of the train.py process started from the command line: the workers that Lightning's ``ddp`` launcher
+# starts from it inherit its environment (torchrun's and SLURM's ranks each start train.py afresh, and record their own)
+LAUNCHER_ENV = "ZOO_LAUNCHER_PID"
 
 
 class Interrupted(SIGTERMException):
@@ -48,6 +55,9 @@ def _handle(signum: int, frame) -> None:
     first, trainer = _state["signum"] is None, _state["trainer"]
     _state["signum"] = signum
     if trainer is None:
+        if not first:  # already stopping (a worker gets its own signal back from the launcher it passed it to)
+            return
+        _pass_to_launcher(signum)
         raise Interrupted(signum)
     if not first:
         if signum == signal.SIGINT:
@@ -56,6 +66,14 @@ def _handle(signum: int, frame) -> None:
     elif trainer.world_size == 1:  # the loop stops after this batch (for SIGTERM, Lightning's handler set it too)
         trainer._signal_connector.received_sigterm = True
     # under DDP the ranks raise the flag together, after the batch: InterruptCheckpoint.on_train_batch_end
+
+
+def _pass_to_launcher(signum: int) -> None:
+    """A worker of Lightning's ``ddp`` launcher (a child of the recorded launcher, local rank > 0) sends it the
+    signal, and the launcher stops every worker it started (:meth:`InterruptCheckpoint.on_exception`)."""
+    launcher = os.environ.get(LAUNCHER_ENV, "")
+    if os.environ.get("LOCAL_RANK", "0") != "0" and launcher == str(os.getppid()):
+        os.kill(int(launcher), signum)
 
 
 def _take_over_sigterm(trainer: L.Trainer) -> None:
@@ -74,11 +92,15 @@ def _stop_together(trainer: L.Trainer) -> None:
 
 
 @contextmanager
-def signals_routed():
+def signals_routed(launcher: bool = False):
     """Within: SIGTERM and SIGINT of this process go through :class:`InterruptCheckpoint` (enter early); after, the
-    handlers that were there before (train.py's ``main`` is also called in-process, by tests or notebooks)."""
+    handlers that were there before (train.py's ``main`` is also called in-process, by tests or notebooks).
+    ``launcher``: this process may launch DDP workers (train.py from the command line), which pass it a signal they
+    receive before training; a worker has the variable already, and keeps its launcher's."""
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     _state["signum"] = None
+    if launcher:
+        os.environ.setdefault(LAUNCHER_ENV, str(os.getpid()))
     for s in before:
         signal.signal(s, _handle)
     try:

@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--debug" in args:
         os.environ["ZOO_DEBUG"] = "1"  # the processes that strategy="ddp" relaunches do not see the flag
         args = [a for a in args if a != "--debug"]
-    with signals_routed():
+    with signals_routed(launcher=argv is None):
         return _run(args, argv is None, debug)
 
 
