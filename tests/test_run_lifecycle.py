@@ -230,8 +230,8 @@ def test_a_signal_during_setup_says_nothing_was_trained(cifar_dir, tmp_path):
 def test_a_signal_to_one_ddp_process_during_setup_stops_them_all(rank, cifar_dir, tmp_path):
     """One process stopping before training stops the others too. The launcher (rank 0): its workers exit quietly
     instead of failing on the connection it closed ('RuntimeError: ... Connection closed by peer' printed by each).
-    A worker: the launcher and the other workers do not wait for it at their next collective (until the process
-    group's 30-minute timeout)."""
+    A worker: it passes the signal to the launcher, which no longer fails at its next collective on the connection
+    the worker closed (exit 1) or is killed by Lightning's child-process observer."""
     ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
     signal_ = ["--trainer.callbacks+=fault_injection.SignalInSetup", "--trainer.callbacks.rank", str(rank)]
     res = run_train(lenet(cifar_dir, *ddp, *signal_), tmp_path, env=ENV, timeout=120)
