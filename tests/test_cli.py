@@ -13,9 +13,10 @@ from PIL import Image
 
 import zoo
 from datamodules.cifar10 import CIFAR10DataModule
+from zoo.callbacks import TrainingRecord
 from zoo.cli.card import model_card
 from zoo.cli.main import EVALUATE_TOLERANCE, main
-from zoo.cli.readme import weights_table
+from zoo.cli.readme import lineage_curve, lineage_seconds, weights_table
 from zoo.weights import checkpoint_dir, read_manifest
 from zoo.weights.publish import publish
 
@@ -180,6 +181,40 @@ def test_publish_records_the_other_seeds_of_a_recipe(cifar_dir, tmp_path, lenet_
     assert seeds["mean"] == pytest.approx(sum(seeds["values"]) / 2, abs=1e-6)
     assert seeds["std"] == pytest.approx(abs(seeds["values"][0] - seeds["values"][1]) / 2**0.5, abs=1e-6)
     assert "2 seeds:" in weights_table()
+
+
+def test_weights_fine_tuned_from_published_ones_count_what_those_cost(cifar_dir, tmp_path, lenet_fixture):
+    """A run started from published weights records them in its checkpoint (hash, recipe, training) as they were
+    when it started; weights published from it carry that record, also once they replace their base's entry (and
+    when published again), and the README counts both trainings' minutes and validation curve."""
+    dm = lenet_fixture[0]
+    kwargs = dict(lr=1e-3, optimizer="adamw", schedule="constant")
+    recipe, folder = "configs/lenet5.cifar10.yaml", tmp_path / "ckpts"
+
+    def fit(model, name: str):
+        trainer = quiet_trainer(tmp_path, callbacks=[TrainingRecord()])
+        trainer.fit(model, dm)
+        trainer.save_checkpoint(tmp_path / name)
+        return tmp_path / name
+
+    base = publish(fit(zoo.create_model("lenet5", **kwargs), "base.ckpt"), "fixture", recipe, data_dir=str(cifar_dir))
+    tuned = fit(zoo.create_model("lenet5", pretrained="lenet5.fixture", **kwargs), "tuned.ckpt")
+    for _ in range(2):  # the second publish finds its own entry under the base's name: the record still holds
+        entry = publish(tuned, "fixture", recipe, data_dir=str(cifar_dir))
+        start = entry.training["starts_from"]
+        assert start["weights"] == "lenet5.fixture" and start["sha256"] == base.sha256 != entry.sha256
+        assert start["training"] == base.training and start["recipe"] == recipe
+    assert read_manifest(folder)["lenet5.fixture"].sha256 == entry.sha256
+    assert "starts_from" not in base.training
+    total = lineage_seconds(entry.training)
+    assert total == pytest.approx(base.training["wall_time_s"] + entry.training["wall_time_s"]) and total > 0
+    assert f"fine-tuned from `lenet5.fixture`: {total / 60:.0f} min in all" in weights_table()
+    curve = lineage_curve(entry.training, entry.evaluation["val_split"])
+    (b_epoch, b_s, b_val), (epoch, seconds, val) = curve["points"]  # one validation each, the base's first
+    assert [b_epoch, b_val] == [0, base.training["curve"]["points"][0][2]] and epoch == 1
+    assert seconds == pytest.approx(base.training["wall_time_s"] + entry.training["curve"]["points"][0][1], abs=0.01)
+    other_split = lineage_curve(entry.training, "another split")
+    assert other_split == entry.training["curve"]  # validated elsewhere: the base's figures are not comparable
 
 
 def test_publish_refuses_non_finite_weights(cifar_dir, tmp_path, lenet_fixture):

@@ -1,6 +1,6 @@
 """The training record kept in every checkpoint: wall time over resumed runs, hardware, precision, and the
 monitored validation metric after each epoch with the training time spent to reach it (the time-to-accuracy
-``zoo publish`` reports)."""
+``zoo publish`` reports), and the published weights a fine-tuning run started from, with their own record."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 
 import lightning as L
 import torch
+
+from zoo.weights import Weights
 
 __all__ = ["TrainingRecord", "hardware_string"]
 
@@ -29,13 +31,18 @@ def hardware_string(accelerator: str = "cpu") -> str:
 class TrainingRecord(L.Callback):
     """Keeps, in every checkpoint, the training wall time summed over resumed runs, the hardware and precision,
     so that published weights can state what they cost without anyone typing it; and the ``curve``: after each
-    validation of a fit, ``[epoch, training seconds so far, monitored value]`` (the task's ``monitor``)."""
+    validation of a fit, ``[epoch, training seconds so far, monitored value]`` (the task's ``monitor``).
+
+    A run that starts from published weights (``--model.pretrained``) keeps ``starts_from``: their name, file hash,
+    recipe, data, validation split and training record as they were when it started (resuming keeps the first),
+    so that weights published from it count what the weights beneath them cost, even once their entry is replaced."""
 
     def __init__(self) -> None:
         self.wall_time_s = 0.0
         self.runs: list[dict] = []
         self.curve: list[list] = []
         self.monitor: str | None = None
+        self.starts_from: dict | None = None
         self._start: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -50,6 +57,16 @@ class TrainingRecord(L.Callback):
                 "start_epoch": trainer.current_epoch,
             }
         )
+        weights = getattr(pl_module, "weights", None)  # FineTuning.weights: the published weights loaded
+        if self.starts_from is None and isinstance(weights, Weights):
+            self.starts_from = {
+                "weights": weights.name,
+                "sha256": weights.sha256,
+                "recipe": weights.recipe,
+                "data": weights.data,
+                "val_split": weights.evaluation.get("val_split"),
+                "training": weights.training,
+            }
 
     def _elapsed(self) -> float:
         return self.wall_time_s + (time.monotonic() - self._start if self._start is not None else 0.0)
@@ -69,10 +86,12 @@ class TrainingRecord(L.Callback):
         self.wall_time_s, self._start = self._elapsed(), None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"wall_time_s": self._elapsed(), "runs": self.runs, "monitor": self.monitor, "curve": self.curve}
+        state = {"wall_time_s": self._elapsed(), "runs": self.runs, "monitor": self.monitor, "curve": self.curve}
+        return state | ({"starts_from": self.starts_from} if self.starts_from else {})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.wall_time_s = float(state_dict.get("wall_time_s", 0.0))
         self.runs = list(state_dict.get("runs", []))
         self.curve = [list(p) for p in state_dict.get("curve", [])]
         self.monitor = state_dict.get("monitor")
+        self.starts_from = state_dict.get("starts_from")

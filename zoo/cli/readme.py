@@ -44,11 +44,32 @@ def weights_table() -> str:
         if seeds := w.evaluation.get("over_seeds"):  # the spread of the recipe, in the headline's points
             scale = task.points_per_unit
             test += f"; {len(seeds['values'])} seeds: {seeds['mean'] * scale:.2f} ± {seeds['std'] * scale:.2f}"
-        rows.append(
-            f"| `{name}` | {test} | {task.describe(w.metrics, 'val')} "
-            f"| [`{w.recipe}`]({w.recipe}) | {t['wall_time_s'] / 60:.0f} min, {t['steps']} steps on {hw} |"
-        )
+        cost = f"{t['wall_time_s'] / 60:.0f} min, {t['steps']} steps on {hw}"
+        if base := t.get("starts_from"):
+            cost += f"; fine-tuned from `{base['weights']}`: {lineage_seconds(t) / 60:.0f} min in all"
+        rows.append(f"| `{name}` | {test} | {task.describe(w.metrics, 'val')} | [`{w.recipe}`]({w.recipe}) | {cost} |")
     return "\n".join(rows)
+
+
+def lineage_seconds(training: dict) -> float:
+    """Training seconds of a manifest ``training`` record and of every published weights it started from."""
+    base = training.get("starts_from")
+    return training["wall_time_s"] + (lineage_seconds(base["training"]) if base else 0.0)
+
+
+def lineage_curve(training: dict, val_split: str | None) -> dict | None:
+    """The validation curve of a manifest ``training`` record on the clock of its whole lineage: the curve of the
+    weights it started from first (when they were validated on the same split, ``val_split`` of the manifest's
+    evaluation, to the same monitor), then its own, its epochs and seconds counted on from theirs."""
+    curve, base = training.get("curve"), training.get("starts_from")
+    if not curve or not base or base.get("val_split") != val_split:
+        return curve
+    before = lineage_curve(base["training"], val_split)
+    if not before or before["monitor"] != curve["monitor"]:
+        return curve
+    epochs, seconds = before["points"][-1][0] + 1, lineage_seconds(base["training"])
+    points = [[e + epochs, round(s + seconds, 2), v] for e, s, v in curve["points"]]
+    return {"monitor": curve["monitor"], "points": before["points"] + points}
 
 
 def minutes_to(curve: dict, target: float) -> float | None:
@@ -61,8 +82,9 @@ def minutes_to(curve: dict, target: float) -> float | None:
 
 
 def time_to_accuracy_table() -> str:
-    """Per CIFAR-10 checkpoint: the paper's accuracy, the minutes its run took to reach it on validation, and to
-    its own best validation figure (from the curve ``zoo publish`` copies out of the checkpoint's record)."""
+    """Per CIFAR-10 checkpoint: the paper's accuracy, the minutes its training took to reach it on validation, and
+    to its own best validation figure (from the curve ``zoo publish`` copies out of the checkpoint's record; for
+    weights fine-tuned from others, counted from the start of the first)."""
     rows = [
         "| weights | paper's accuracy | training minutes to reach it on val | best val in training (minutes to it) |",
         "|---|---|---:|---:|",
@@ -72,7 +94,7 @@ def time_to_accuracy_table() -> str:
             continue
         paper, source = PAPERS.get(w.model, (None, "no paper figure on CIFAR-10"))
         paper_cell = f"{paper:.2%} ({source})" if paper else source
-        curve = w.training.get("curve")
+        curve = lineage_curve(w.training, w.evaluation.get("val_split"))
         if not curve:
             rows.append(f"| `{name}` | {paper_cell} | not recorded (trained before runs kept their curve) | - |")
             continue

@@ -140,6 +140,8 @@ def publish(
             "runs": record.get("runs", []),
             # [epoch, training seconds, monitored value] up to this checkpoint: the time-to-accuracy of the README
             **({"curve": {"monitor": record["monitor"], "points": record["curve"]}} if record.get("curve") else {}),
+            # the published weights it was fine-tuned from, with their training (its own starts_from included)
+            **({"starts_from": record["starts_from"]} if record.get("starts_from") else {}),
         },
     }
     weights = Weights.from_json(name, entry)
