@@ -14,9 +14,9 @@ from PIL import Image
 import zoo
 from datamodules.cifar10 import CIFAR10DataModule
 from zoo.callbacks import TrainingRecord
-from zoo.cli.card import model_card
+from zoo.cli.card import lineage_seconds, model_card
 from zoo.cli.main import EVALUATE_TOLERANCE, main
-from zoo.cli.readme import lineage_curve, lineage_seconds, weights_table
+from zoo.cli.readme import lineage_curve, weights_table
 from zoo.weights import checkpoint_dir, read_manifest
 from zoo.weights.publish import publish
 
@@ -183,7 +183,7 @@ def test_publish_records_the_other_seeds_of_a_recipe(cifar_dir, tmp_path, lenet_
     assert "2 seeds:" in weights_table()
 
 
-def test_weights_fine_tuned_from_published_ones_count_what_those_cost(cifar_dir, tmp_path, lenet_fixture):
+def test_weights_fine_tuned_from_published_ones_count_what_those_cost(capsys, cifar_dir, tmp_path, lenet_fixture):
     """A run started from published weights records them in its checkpoint (hash, recipe, training) as they were
     when it started; weights published from it carry that record, also once they replace their base's entry (and
     when published again), and the README counts both trainings' minutes and validation curve."""
@@ -208,7 +208,8 @@ def test_weights_fine_tuned_from_published_ones_count_what_those_cost(cifar_dir,
     assert "starts_from" not in base.training
     total = lineage_seconds(entry.training)
     assert total == pytest.approx(base.training["wall_time_s"] + entry.training["wall_time_s"]) and total > 0
-    assert f"fine-tuned from `lenet5.fixture`: {total / 60:.0f} min in all" in weights_table()
+    lineage = f"fine-tuned from `lenet5.fixture`: {total / 60:.0f} min in all"
+    assert lineage in weights_table() and "fine-tuned from `lenet5.fixture`" in run(capsys, "info", "lenet5.fixture")[1]
     curve = lineage_curve(entry.training, entry.evaluation["val_split"])
     (b_epoch, b_s, b_val), (epoch, seconds, val) = curve["points"]  # one validation each, the base's first
     assert [b_epoch, b_val] == [0, base.training["curve"]["points"][0][2]] and epoch == 1

@@ -9,7 +9,7 @@ import zoo
 from zoo.weights import read_manifest
 from zoo.weights.measure import split_evaluation
 
-__all__ = ["model_card", "count_flops", "data_licence"]
+__all__ = ["model_card", "count_flops", "data_licence", "lineage_seconds", "fine_tuned_from"]
 
 
 def count_flops(net, shape: list[int]) -> float:
@@ -20,6 +20,18 @@ def count_flops(net, shape: list[int]) -> float:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net.eval()(torch.zeros(1, *shape))
     return counter.get_total_flops() / 2
+
+
+def lineage_seconds(training: dict) -> float:
+    """Training seconds of a manifest ``training`` record and of every published weights it started from."""
+    base = training.get("starts_from")
+    return training["wall_time_s"] + (lineage_seconds(base["training"]) if base else 0.0)
+
+
+def fine_tuned_from(training: dict) -> str:
+    """``"; fine-tuned from `<weights>`: N min in all"`` for weights trained from published ones, else ``""``."""
+    base = training.get("starts_from")
+    return f"; fine-tuned from `{base['weights']}`: {lineage_seconds(training) / 60:.0f} min in all" if base else ""
 
 
 def _data_class(class_path: str) -> type | None:

@@ -18,7 +18,7 @@ import zoo
 from datamodules import DatasetError
 from datamodules.contract import open_image
 from zoo.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
-from zoo.cli.card import model_card
+from zoo.cli.card import fine_tuned_from, model_card
 from zoo.cli.export import add_parser as add_export_parser
 from zoo.cli.readme import render_readme
 from zoo.weights import PretrainedError, checkpoint_dir, find_weights, local_places, read_manifest, sha256_of
@@ -70,7 +70,7 @@ def _info(args: argparse.Namespace) -> int:
             ("data", f"{card['data']} {json.dumps(card['data_args'])}"),
             ("data licence", card["data_licence"]),
             ("recipe", card["recipe"]),
-            ("training", f"{tr.get('wall_time_s', 0) / 60:.0f} min, {tr.get('steps')} steps"),
+            ("training", f"{tr.get('wall_time_s', 0) / 60:.0f} min, {tr.get('steps')} steps{fine_tuned_from(tr)}"),
             ("file", f"{card['file']} ({card['dtype']}), sha256 {card['sha256']}"),
         ]
         if card.get("classes"):

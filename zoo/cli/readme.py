@@ -4,7 +4,7 @@ be current, rewritten by ``zoo readme``."""
 from __future__ import annotations
 
 import zoo
-from zoo.cli.card import count_flops
+from zoo.cli.card import count_flops, fine_tuned_from, lineage_seconds
 from zoo.weights import read_manifest
 
 __all__ = ["model_table", "weights_table", "time_to_accuracy_table", "PAPERS", "render_readme", "GENERATED"]
@@ -44,17 +44,9 @@ def weights_table() -> str:
         if seeds := w.evaluation.get("over_seeds"):  # the spread of the recipe, in the headline's points
             scale = task.points_per_unit
             test += f"; {len(seeds['values'])} seeds: {seeds['mean'] * scale:.2f} ± {seeds['std'] * scale:.2f}"
-        cost = f"{t['wall_time_s'] / 60:.0f} min, {t['steps']} steps on {hw}"
-        if base := t.get("starts_from"):
-            cost += f"; fine-tuned from `{base['weights']}`: {lineage_seconds(t) / 60:.0f} min in all"
+        cost = f"{t['wall_time_s'] / 60:.0f} min, {t['steps']} steps on {hw}{fine_tuned_from(t)}"
         rows.append(f"| `{name}` | {test} | {task.describe(w.metrics, 'val')} | [`{w.recipe}`]({w.recipe}) | {cost} |")
     return "\n".join(rows)
-
-
-def lineage_seconds(training: dict) -> float:
-    """Training seconds of a manifest ``training`` record and of every published weights it started from."""
-    base = training.get("starts_from")
-    return training["wall_time_s"] + (lineage_seconds(base["training"]) if base else 0.0)
 
 
 def lineage_curve(training: dict, val_split: str | None) -> dict | None:
