@@ -6,7 +6,8 @@
 2. a training step of every image net at training size (batch 128, 32x32) in float32 and under autocast: ms/step;
 3. translation (beam 5 and greedy) and tagging (CRF Viterbi) with the published weights on the device, against
    the same calls on CPU (the decoded outputs must agree);
-4. a short ResNet-20 run: CIFAR-10 when ``$ZOO_DATA_DIR/cifar10`` holds it, else a learnable synthetic set.
+4. a short ResNet-20 run: on CIFAR-10 when ``$ZOO_DATA_DIR/cifar10`` holds it (``--data-dir``), fed once by the
+   per-image DataLoader and once by the batched pipeline on the device; else on a learnable synthetic set.
 
 It prints each part as a markdown table and exits 1 if a cell fails or a decode disagrees with CPU.
 
@@ -18,6 +19,7 @@ fp16 column is added as a ``MixedPrecision`` plugin, since Lightning turns ``16-
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -137,41 +139,53 @@ class SyntheticCIFAR(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=4 * self.batch_size)
 
 
-def resnet20_run(device: str, epochs: int, quick: bool, root: Path) -> tuple[str, bool]:
-    """ResNet-20 for ``epochs`` epochs (``quick``: a few steps of synthetic data): val accuracy and images/s."""
+def resnet20_run(
+    device: str, epochs: int, quick: bool, root: Path, data_dir: Path | None, images: tuple[int, int]
+) -> tuple[str, bool]:
+    """ResNet-20 for ``epochs`` epochs: val accuracy and images/s. On CIFAR-10 (``data_dir``, else
+    ``$ZOO_DATA_DIR``; in ``quick`` mode only when given) twice, fed by the per-image DataLoader and by the batched
+    pipeline on the device (``--data.batch_augment true``: the recipes' path, and the only one that keeps a GPU
+    busy); without it, on a learnable synthetic set (``quick``: a few steps)."""
     from datamodules import default_data_dir
+    from datamodules.cifar10 import CIFAR10DataModule
 
-    cifar = default_data_dir() / "cifar10"
-    if cifar.exists() and not quick:
-        from datamodules.cifar10 import CIFAR10DataModule
-
-        dm, data = CIFAR10DataModule(str(default_data_dir()), batch_size=128, num_workers=8), "CIFAR-10 45k/5k"
-        n_train = 45_000
+    folder = data_dir or (None if quick else default_data_dir())
+    if folder is not None and (folder / "cifar10").exists():
+        val = min(5000, images[0] // 5)
+        cifar = dict(data_dir=str(folder), batch_size=16 if quick else 128, val_size=val, num_images=images)
+        n_train, workers = images[0] - val, 0 if quick else min(8, os.cpu_count() or 1)
+        runs = [
+            (f"CIFAR-10 {n_train}/{val}, per-image loader", CIFAR10DataModule(**cifar, num_workers=workers)),
+            (f"CIFAR-10 {n_train}/{val}, batched on the device", CIFAR10DataModule(**cifar, batch_augment=True)),
+        ]
     else:
         n_train = 64 if quick else 10_000
-        dm, data = SyntheticCIFAR(n_train, n_train // 4, 16 if quick else 128), "synthetic (no CIFAR-10 found)"
+        runs = [("synthetic (no CIFAR-10 found)", SyntheticCIFAR(n_train, n_train // 4, 16 if quick else 128))]
     precision = "32-true" if device == "cpu" else "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    L.seed_everything(0, verbose=False)
-    model = zoo.create_model("resnet20", warmup_epochs=0 if quick else 1, channels_last=device != "cpu")
-    trainer = L.Trainer(
-        accelerator=device,
-        devices=1,
-        max_epochs=epochs,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-    )
-    t0 = time.perf_counter()
-    trainer.fit(model, dm)
-    seconds = time.perf_counter() - t0
-    acc = float(trainer.callback_metrics.get("val_acc", float("nan")))
-    ok = acc == acc and (quick or acc > 0.1)  # better than chance (a few quick steps need not be)
-    row = [data, precision, epochs, trainer.global_step, f"{seconds:.1f}", f"{epochs * n_train / seconds:.0f}"]
+    rows, ok = [], True
+    for data, dm in runs:
+        L.seed_everything(0, verbose=False)
+        model = zoo.create_model("resnet20", warmup_epochs=0 if quick else 1, channels_last=device != "cpu")
+        trainer = L.Trainer(
+            accelerator=device,
+            devices=1,
+            max_epochs=epochs,
+            precision=precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=root,
+        )
+        t0 = time.perf_counter()
+        trainer.fit(model, dm)
+        seconds = time.perf_counter() - t0
+        acc = float(trainer.callback_metrics.get("val_acc", float("nan")))
+        ok &= acc == acc and (quick or acc > 0.1)  # better than chance (a few quick steps need not be)
+        speed = f"{epochs * n_train / seconds:.0f}"
+        rows.append([data, precision, epochs, trainer.global_step, f"{seconds:.1f}", speed, f"{100 * acc:.2f}%"])
     header = ["ResNet-20 data", "precision", "epochs", "steps", "seconds", "images/s", "val acc"]
-    return table(header, [[*row, f"{100 * acc:.2f}%"]]), ok
+    return table(header, rows), ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", help="models of the precision matrix (default: every registered one)")
     ap.add_argument("--resnet-epochs", type=int, default=3)
     ap.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    ap.add_argument("--data-dir", type=Path, help="folder holding cifar10/ (default: $ZOO_DATA_DIR)")
+    ap.add_argument("--num-images", type=int, nargs=2, default=(50_000, 10_000), help="(train, test) of a subset")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check.py: error: no CUDA device here; run it on a GPU machine, or --device cpu --quick")
@@ -202,10 +218,11 @@ def main(argv: list[str] | None = None) -> int:
             markdown_table(cells),
         ]
         batch, steps = (8, 2) if args.quick else (128, 10)
+        epochs, cifar = 1 if args.quick else args.resnet_epochs, (args.data_dir, tuple(args.num_images))
         for title, run in (
             ("Training step of every image net", lambda: step_times(device, images, batch, steps)),
             ("Decoding on the device", lambda: decode_check(device, args.quick)),
-            ("ResNet-20", lambda: resnet20_run(device, 1 if args.quick else args.resnet_epochs, args.quick, Path(tmp))),
+            ("ResNet-20", lambda: resnet20_run(device, epochs, args.quick, Path(tmp), *cifar)),
         ):  # fmt: skip
             t0 = time.perf_counter()
             text, passed = run()

@@ -9,11 +9,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_check  # noqa: E402
+from conftest import N_TEST, N_TRAIN  # noqa: E402
 
 
-def test_quick_mode_on_cpu(tmp_path, capsys):
+def test_quick_mode_on_cpu(tmp_path, capsys, cifar_dir):
     out = tmp_path / "check.md"
-    assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(out)]) == 0
+    cifar = ["--data-dir", str(cifar_dir), "--num-images", str(N_TRAIN), str(N_TEST)]
+    assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(out), *cifar]) == 0
     report = capsys.readouterr().out
     assert out.read_text(encoding="utf-8").strip() == report.strip()
     titles = ("## Precision matrix (42 cells", "## Training step of every image net", "## Decoding", "## ResNet-20")
@@ -22,6 +24,9 @@ def test_quick_mode_on_cpu(tmp_path, capsys):
     rows = [line for line in matrix.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == len(gpu_check.QUICK_MODELS) and all("fail" not in row for row in rows)
     assert "| translate, beam 5 | 2/2 |" in report and "| tag (CRF Viterbi) | 3/3 |" in report
+    resnet = report.split("## ResNet-20")[1]  # both feeding paths of CIFAR-10, trained through the Trainer
+    assert "| CIFAR-10 160/40, per-image loader | 32-true | 1 | 10 |" in resnet
+    assert "| CIFAR-10 160/40, batched on the device | 32-true | 1 | 10 |" in resnet
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
