@@ -187,7 +187,7 @@ def test_fit_resume_last_test_predict(cifar_dir, tmp_path):
     assert len(record["runs"]) == 2
     # the curve: one point per validated epoch, kept across the resume, time growing, the task's monitored metric
     assert record["monitor"] == "val_acc" and [p[0] for p in record["curve"]] == [0, 1]
-    assert 0 < record["curve"][0][1] < record["curve"][1][1] <= record["wall_time_s"]
+    assert 0 < record["curve"][0][1] < record["curve"][1][1] <= record["wall_time_s"] + 0.005  # curve: 0.01 s
     assert record["curve"][0] == first["callbacks"]["TrainingRecord"]["curve"][0] and 0 <= record["curve"][1][2] <= 1
 
     ok(run_train(["fit", *base, "--trainer.max_epochs", "1"], tmp_path))
