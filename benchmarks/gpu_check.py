@@ -140,7 +140,7 @@ class SyntheticCIFAR(L.LightningDataModule):
 
 
 def resnet20_run(
-    device: str, epochs: int, quick: bool, root: Path, data_dir: Path | None, images: tuple[int, int]
+    device: str, epochs: int, quick: bool, root: Path, data_dir: Path | None, num_images: tuple[int, int]
 ) -> tuple[str, bool]:
     """ResNet-20 for ``epochs`` epochs: val accuracy and images/s. On CIFAR-10 (``data_dir``, else
     ``$ZOO_DATA_DIR``; in ``quick`` mode only when given) twice, fed by the per-image DataLoader and by the batched
@@ -151,9 +151,9 @@ def resnet20_run(
 
     folder = data_dir or (None if quick else default_data_dir())
     if folder is not None and (folder / "cifar10").exists():
-        val = min(5000, images[0] // 5)
-        cifar = dict(data_dir=str(folder), batch_size=16 if quick else 128, val_size=val, num_images=images)
-        n_train, workers = images[0] - val, 0 if quick else min(8, os.cpu_count() or 1)
+        val = min(5000, num_images[0] // 5)
+        cifar = dict(data_dir=str(folder), batch_size=16 if quick else 128, val_size=val, num_images=num_images)
+        n_train, workers = num_images[0] - val, 0 if quick else min(8, os.cpu_count() or 1)
         runs = [
             (f"CIFAR-10 {n_train}/{val}, per-image loader", CIFAR10DataModule(**cifar, num_workers=workers)),
             (f"CIFAR-10 {n_train}/{val}, batched on the device", CIFAR10DataModule(**cifar, batch_augment=True)),
