@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: a header naming the machine and versions, and a quiet Lightning."""
+"""What the benchmark scripts share: a header naming the machine and versions, a quiet Lightning and a quiet Trainer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from zoo.callbacks.training_record import hardware_string
 
-__all__ = ["header", "quiet_lightning"]
+__all__ = ["header", "quiet_lightning", "quiet_trainer"]
 
 
 def header(title: str, accelerator: str = "cpu") -> str:
@@ -30,3 +30,10 @@ def quiet_lightning() -> None:
     for logger in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(logger).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
+
+
+def quiet_trainer(**kwargs) -> lightning.Trainer:
+    """A Trainer that times and nothing else: no logger, checkpoints, progress bar or summary (``kwargs`` the rest)."""
+    return lightning.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kwargs
+    )

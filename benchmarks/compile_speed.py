@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import header, quiet_lightning  # noqa: E402
+from _common import header, quiet_lightning, quiet_trainer  # noqa: E402
 
 from zoo.tasks.image import ImageClassifier  # noqa: E402
 from zoo.tasks.language_model import LanguageModel  # noqa: E402
@@ -239,15 +239,11 @@ def run(family: Family, warmup: int, window: int, rounds: int) -> dict:
     L.seed_everything(0, verbose=False)
     model = family.model(True)
     clock = _Alternate(warmup, window, rounds)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         devices=1,
         max_steps=len(clock.plan),
         precision=family.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=[clock],

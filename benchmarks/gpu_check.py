@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import quiet_lightning  # noqa: E402
+from _common import quiet_lightning, quiet_trainer  # noqa: E402
 from precision_matrix import FP16_AMP, PRECISIONS, ToyData, markdown_table, run_matrix  # noqa: E402
 
 import zoo  # noqa: E402
@@ -166,15 +166,11 @@ def resnet20_run(
     for data, dm in runs:
         L.seed_everything(0, verbose=False)
         model = zoo.create_model("resnet20", warmup_epochs=0 if quick else 1, channels_last=device != "cpu")
-        trainer = L.Trainer(
+        trainer = quiet_trainer(
             accelerator=device,
             devices=1,
             max_epochs=epochs,
             precision=precision,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             default_root_dir=root,
         )
         t0 = time.perf_counter()

@@ -17,6 +17,7 @@ import time
 
 import lightning as L
 import torch
+from _common import quiet_trainer
 
 import zoo
 from datamodules.synthetic import AddingDataModule, CopyMemoryDataModule
@@ -51,15 +52,11 @@ def run(task: str, length: int, cell: str, steps: int, hidden: int, lr: float) -
         dm, watch = CopyMemoryDataModule(length=length, batch_size=64), Watch("val_acc", lambda v: v >= 0.99)
     name, net_kwargs = CELLS[cell]
     model = zoo.create_model(name, hidden_size=hidden, lr=lr, schedule="constant", grad_clip=1.0, **net_kwargs)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_steps=steps,
         val_check_interval=100,
         check_val_every_n_epoch=None,
         limit_val_batches=8,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[watch],
     )
     t0 = time.perf_counter()

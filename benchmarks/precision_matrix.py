@@ -23,7 +23,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from _common import quiet_lightning
+from _common import quiet_lightning, quiet_trainer
 from lightning.pytorch.plugins import MixedPrecision
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -193,16 +193,12 @@ def trainer_for(precision: str, device: str, root: Path, max_steps: int, callbac
     kw: dict = {"precision": precision}
     if precision == FP16_AMP:
         kw = {"plugins": [MixedPrecision("16-mixed", device, torch.amp.GradScaler(device))]}
-    return L.Trainer(
+    return quiet_trainer(
         accelerator=device,
         devices=1,
         max_steps=max_steps,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=root,
         callbacks=callbacks,
         **kw,

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import yaml
-from _common import header, quiet_lightning
+from _common import header, quiet_lightning, quiet_trainer
 
 import zoo
 from datamodules import DatasetError
@@ -82,15 +82,11 @@ class Clock(L.Callback):
 
 def through_trainer(task: dict, data: dict, trainer: dict, batch_augment: bool, batches: int) -> float:
     clock = Clock(WARMUP + batches - 1)
-    t = L.Trainer(
+    t = quiet_trainer(
         max_epochs=1,
         limit_train_batches=WARMUP + batches,
         limit_val_batches=0,
         precision=trainer.get("precision", "32-true"),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[clock],
     )
     t.fit(zoo.create_model(**task), datamodule(data, batch_augment))
