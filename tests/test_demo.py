@@ -1,16 +1,20 @@
 """``make demo`` on a machine with no data: every published family answers a real input first; CIFAR-10 is then
-downloaded (progress shown, md5-checked) from a local HTTP server, or, when that fails, the demo ends with one line
-saying what to put where. The fine-tuning itself (minutes on CIFAR-10) is not run here."""
+downloaded (progress shown, md5-checked) from a local HTTP server, or, when that fails, the demo says in one line what
+to put where and fine-tunes the published weights to generated shapes through train.py (a smaller set here). The
+fine-tuning on CIFAR-10 itself (minutes) is not run here."""
 
 import hashlib
 import re
 
+import numpy as np
 import pytest
 import test_download
 from conftest import N_TEST, N_TRAIN, write_cifar
 
-from datamodules import DatasetError
+from datamodules import DatasetError, shapes
 from datamodules import cifar10_files as cifar
+from datamodules.images import ImageFolderDataModule
+from zoo.checkpoint import read_checkpoint
 from zoo.cli import demo
 
 server = test_download.server  # the local HTTP server fixture
@@ -57,18 +61,49 @@ def test_families_answer_without_any_dataset(no_data, capsys):
     assert list(no_data.iterdir()) == []  # no dataset was read or written
 
 
-def test_offline_without_cifar10_says_what_to_put_where(no_data, monkeypatch, capsys):
+def test_offline_without_cifar10_says_what_to_put_where_and_fine_tunes_to_generated_shapes(
+    no_data, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(cifar, "URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # refused at once
-    assert demo.main() == 2
+    monkeypatch.setattr(demo, "SPLITS", {"train": 40, "val": 8, "test": 25})  # a smaller set, the same flow
+    monkeypatch.setattr(demo, "SHAPES_EPOCHS", 8)
+    monkeypatch.setattr(demo, "RUNS", tmp_path / "runs")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert demo.main() == 0
     captured = capsys.readouterr()
-    [line] = captured.err.splitlines()
-    assert line.startswith("demo: error: ") and "Traceback" not in captured.out + captured.err
+    assert "Traceback" not in captured.out + captured.err
+    [line] = [line for line in captured.out.splitlines() if "could not be downloaded" in line]
     assert "could not be downloaded from http://127.0.0.1:9/cifar-10-python.tar.gz" in line
     assert (
         f"Put cifar-10-python.tar.gz (or the extracted cifar-10-batches-py/ folder) into {no_data / 'cifar10'}" in line
     )
     assert all(name in captured.out for name in demo.INPUTS), "the families answer before the CIFAR-10 part"
     assert not list(no_data.rglob("*.part")), "a failed download leaves nothing behind"
+    # the embedded default: the published backbone fine-tuned to four generated shapes through train.py
+    assert sorted(p.name for p in (no_data / "demo-shapes" / "test").iterdir()) == sorted(shapes.CLASSES)
+    [run] = (tmp_path / "runs" / "demo-resnet20-shapes").iterdir()
+    assert (run / "checkpoints" / "last.ckpt").is_file() and list((run / "wandb").glob("offline-run-*"))
+    before, after = map(float, re.search(r"before: ([\d.]+)%   after fine-tuning: ([\d.]+)%", captured.out).groups())
+    assert before < 50 < after, "a new head starts near chance (25%); eight short epochs learn the shapes"
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["hyper_parameters"]["classes"] == list(shapes.CLASSES)
+    assert ckpt["callbacks"]["TrainingRecord"]["starts_from"]["weights"] == "resnet20.cifar10"
+
+
+def test_generated_shapes_are_an_image_folder_of_four_classes_and_the_same_for_a_seed(tmp_path):
+    splits = {"train": 3, "val": 1, "test": 2}
+    root = shapes.write_shapes(tmp_path / "a", seed=0, splits=splits)
+    again = shapes.write_shapes(tmp_path / "b", seed=0, splits=splits)
+    other = shapes.write_shapes(tmp_path / "c", seed=1, splits=splits)
+    files = sorted(p.relative_to(root) for p in root.rglob("*.png"))
+    assert len(files) == 4 * sum(splits.values())
+    assert all((root / f).read_bytes() == (again / f).read_bytes() for f in files)
+    assert any((root / f).read_bytes() != (other / f).read_bytes() for f in files)
+    dm = ImageFolderDataModule(root=str(root), num_workers=0, mean=[0.5] * 3, std=[0.25] * 3)
+    dm.setup("fit")
+    assert dm.classes == list(shapes.CLASSES) and len(dm.train_set) == 4 * splits["train"]
+    with pytest.raises(ValueError, match="shape must be one of circle, cross, square, triangle; got 'star'"):
+        shapes.draw_shape("star", np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("tty", [False, True], ids=["log", "terminal"])
