@@ -55,6 +55,14 @@ def download_cifar10(data_dir: Path, url: str | None = None, progress: bool = Tr
         "or point --data.data_dir / ZOO_DATA_DIR at the folder that holds it."
     )
     md5 = hashlib.md5()
+    made = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]  # folders this call creates
+
+    def forget() -> None:  # the partial file, and the folders made for it: an empty cifar10/ would look like data
+        tmp.unlink(missing_ok=True)
+        for d in made:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
@@ -67,12 +75,12 @@ def download_cifar10(data_dir: Path, url: str | None = None, progress: bool = Tr
                 shown.advance(len(chunk))
             shown.close()
     except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, HTTPError, timeouts, bad URLs
-        tmp.unlink(missing_ok=True)
+        forget()
         raise DatasetError(
             f"CIFAR-10 is not in {data_dir} and could not be downloaded from {url} ({type(e).__name__}: {e}). {put_it}"
         ) from e
     if md5.hexdigest() != ARCHIVE_MD5:
-        tmp.unlink()
+        forget()
         raise DatasetError(
             f"downloaded {url} has md5 {md5.hexdigest()}, expected {ARCHIVE_MD5}; nothing was kept, try again. {put_it}"
         )
