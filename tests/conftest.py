@@ -213,10 +213,14 @@ def text_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def real_data_dir() -> Path:
+def real_data_dir(request) -> Path:
+    """The real datasets' folder; the test is skipped unless it holds those that the test's ``real_data`` marks
+    name (default: CIFAR-10, as the archive or its batches, not merely a folder of that name)."""
     d = Path(os.environ.get("ZOO_DATA_DIR", ROOT.parent / "shared" / "data"))
-    if find_cifar10(d) is None:  # the archive or its batches, not merely a folder of that name
-        pytest.skip(f"real CIFAR-10 not in {d} (set ZOO_DATA_DIR)")
+    needed = [name for mark in request.node.iter_markers("real_data") for name in mark.args] or ["cifar10"]
+    missing = [n for n in needed if (find_cifar10(d) is None if n == "cifar10" else not (d / n).is_dir())]
+    if missing:
+        pytest.skip(f"real {', '.join(missing)} not in {d} (set ZOO_DATA_DIR)")
     return d
 
 

@@ -178,10 +178,28 @@ SLOW_TO_MEASURE = {
 # DenseNet-BC-100 on the 10,000 test images (288 MFLOPs each, many small layers) runs past the 10-minute test limit
 # on an AVX2-only CPU (over 600 s, 2 cores, two training runs beside it): it gets 30 minutes.
 LONG_TO_MEASURE = {"densenet_bc_100_12.cifar10": 1800}
+# the folder of ZOO_DATA_DIR that each DataModule of a manifest entry reads
+DATA_FOLDERS = {
+    "CIFAR10DataModule": "cifar10",
+    "NamesDataModule": "names",
+    "CharLMDataModule": "tinyshakespeare",
+    "TranslationDataModule": "multi30k",
+    "CoNLLDataModule": "conll2003",
+    "CoNLLUDataModule": "ud_en_ewt",
+}
+
+
+def _data_folder(name: str) -> str:
+    entry = REPO_MANIFEST[name]
+    return DATA_FOLDERS[(entry.data or {}).get("class_path", "CIFAR10DataModule").rpartition(".")[2]]
+
+
 MEASURED = [
-    pytest.param(n, marks=(pytest.mark.slow, pytest.mark.timeout(LONG_TO_MEASURE.get(n, 600))))
-    if n in SLOW_TO_MEASURE
-    else n
+    pytest.param(
+        n,
+        marks=(pytest.mark.real_data(_data_folder(n)),)
+        + ((pytest.mark.slow, pytest.mark.timeout(LONG_TO_MEASURE.get(n, 600))) if n in SLOW_TO_MEASURE else ()),
+    )
     for n in sorted(REPO_MANIFEST)
 ]
 

@@ -264,6 +264,7 @@ def test_word_bleu_counts_words_for_either_tokenizer(toy_tsv, tokenizer):
         assert any(codec.tokens(r) != word_tokenize(r) for r in dm.references["test"][:10])  # pieces, not words
 
 
+@pytest.mark.real_data("multi30k")
 def test_multi30k(real_data_dir):
     dm = TranslationDataModule(data_dir=str(real_data_dir))
     dm.setup("fit")
@@ -275,6 +276,7 @@ def test_multi30k(real_data_dir):
     assert reverse.references["test"][0].startswith("Ein Mann mit einem orangefarbenen Hut")
 
 
+@pytest.mark.real_data("multi30k")
 def test_bleu_is_sacrebleu(real_data_dir):
     """The task's BLEU (torchmetrics' SacreBLEUScore) equals sacrebleu's corpus_bleu on real references."""
     sacrebleu = pytest.importorskip("sacrebleu")
@@ -336,6 +338,7 @@ def test_train_py_seq2seq_models(name, toy_tsv, toy_lines, tmp_path):
 
 
 @pytest.mark.parametrize("name", slow_except(S2S_MODELS, {"seq2seq_gru_attn"}, str))
+@pytest.mark.real_data("multi30k")
 def test_train_py_on_multi30k(name, real_data_dir, tmp_path):
     langs = ["--data.src_lang", "en"] if name == "seq_autoencoder" else []  # English in, English out
     train_py(name, ["--data.data_dir", str(real_data_dir), *langs], tmp_path)

@@ -79,6 +79,7 @@ def assert_span_scores_equal_seqeval(seqeval, tags: list[str], gold: list[list[s
         assert float(ours[f"f1_{kind}"]) == pytest.approx(report[kind]["f1-score"], abs=1e-6)
 
 
+@pytest.mark.real_data("conll2003")
 def test_scheme_conversion_keeps_the_chunks(real_data_dir):
     sentences = read_columns(real_data_dir / "conll2003" / "eng.testa")
     for _, tags in sentences:
@@ -165,6 +166,7 @@ def test_conllu_skips_comments_ranges_and_empty_nodes(tmp_path):
         read_conllu(tmp_path / "y-ud-train.conllu")
 
 
+@pytest.mark.real_data("conll2003", "ud_en_ewt")
 def test_real_files(real_data_dir):
     dm = CoNLLDataModule(data_dir=str(real_data_dir))
     dm.setup("fit")
@@ -224,6 +226,7 @@ def test_train_py_taggers(name, conll_dir, tmp_path):
 
 @pytest.mark.parametrize("data", ["conll", "conllu"])
 @pytest.mark.parametrize("name", slow_except(TAGGERS, {"bilstm_crf"}, str))
+@pytest.mark.real_data("conll2003", "ud_en_ewt")
 def test_train_py_taggers_on_real_data(name, data, real_data_dir, tmp_path):
     args = ["fit", "--model", name, "--data", data, "--data.data_dir", str(real_data_dir), "--model.hidden_size", "8"]
     res = run_train([*args, "--trainer.fast_dev_run", "2"], tmp_path)
@@ -306,6 +309,7 @@ def test_pretrained_word_vectors_from_a_file(conll_dir, tmp_path):
         trainer(tmp_path).validate(small(word_vectors=str(vectors)), CoNLLDataModule(str(conll_dir)))
 
 
+@pytest.mark.real_data("conll2003")
 def test_span_f1_equals_seqeval_on_the_real_files(real_data_dir):
     """On eng.testa's own IOB1 tags with 10% of them corrupted (as a tagger's errors would be), our span scores equal
     seqeval's (conlleval's rules), overall and per type."""

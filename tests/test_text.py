@@ -131,9 +131,8 @@ def test_names_missing_folder_says_where(tmp_path):
         NamesDataModule(str(tmp_path / "empty")).setup("fit")
 
 
+@pytest.mark.real_data("names")
 def test_names_real_data(real_data_dir):
-    if not (real_data_dir / "names").is_dir():
-        pytest.skip("names not in ZOO_DATA_DIR")
     dm = NamesDataModule(str(real_data_dir))
     dm.setup("fit")
     assert len(dm.classes) == 18 and sum(len(d) for d in dm.datasets.values()) == 18015  # 20,074 less repeats
