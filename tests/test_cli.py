@@ -214,8 +214,12 @@ def test_weights_fine_tuned_from_published_ones_count_what_those_cost(capsys, ci
     (b_epoch, b_s, b_val), (epoch, seconds, val) = curve["points"]  # one validation each, the base's first
     assert [b_epoch, b_val] == [0, base.training["curve"]["points"][0][2]] and epoch == 1
     assert seconds == pytest.approx(base.training["wall_time_s"] + entry.training["curve"]["points"][0][1], abs=0.01)
-    other_split = lineage_curve(entry.training, "another split")
-    assert other_split == entry.training["curve"]  # validated elsewhere: the base's figures are not comparable
+    assert not curve["partial"]
+    other_split = lineage_curve(entry.training, "another split")  # validated elsewhere: the base's figures are not
+    assert other_split["partial"] and [p[2] for p in other_split["points"]] == [val]  # comparable, its time counts
+    assert other_split["points"][0][1] == pytest.approx(seconds, abs=0.01)
+    del entry.training["starts_from"]["training"]["curve"]  # weights trained before runs kept their curve: the same
+    assert lineage_curve(entry.training, entry.evaluation["val_split"]) == other_split
 
 
 def test_publish_refuses_non_finite_weights(cifar_dir, tmp_path, lenet_fixture):

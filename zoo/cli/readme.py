@@ -52,16 +52,20 @@ def weights_table() -> str:
 def lineage_curve(training: dict, val_split: str | None) -> dict | None:
     """The validation curve of a manifest ``training`` record on the clock of its whole lineage: the curve of the
     weights it started from first (when they were validated on the same split, ``val_split`` of the manifest's
-    evaluation, to the same monitor), then its own, its epochs and seconds counted on from theirs."""
+    evaluation, to the same monitor), then its own, its epochs and seconds counted on from theirs. Where the
+    weights beneath kept no comparable curve, only its own points, still on the lineage's clock, and ``partial``
+    set: a figure first reached in them may have been reached earlier, beneath."""
     curve, base = training.get("curve"), training.get("starts_from")
-    if not curve or not base or base.get("val_split") != val_split:
-        return curve
-    before = lineage_curve(base["training"], val_split)
+    if not curve or not base:
+        return curve and {**curve, "partial": False}
+    seconds = lineage_seconds(base["training"])
+    before = lineage_curve(base["training"], val_split) if base.get("val_split") == val_split else None
     if not before or before["monitor"] != curve["monitor"]:
-        return curve
-    epochs, seconds = before["points"][-1][0] + 1, lineage_seconds(base["training"])
+        points = [[e, round(s + seconds, 2), v] for e, s, v in curve["points"]]
+        return {"monitor": curve["monitor"], "points": points, "partial": True}
+    epochs = before["points"][-1][0] + 1
     points = [[e + epochs, round(s + seconds, 2), v] for e, s, v in curve["points"]]
-    return {"monitor": curve["monitor"], "points": before["points"] + points}
+    return {"monitor": curve["monitor"], "points": before["points"] + points, "partial": before["partial"]}
 
 
 def minutes_to(curve: dict, target: float) -> float | None:
@@ -90,10 +94,11 @@ def time_to_accuracy_table() -> str:
         if not curve:
             rows.append(f"| `{name}` | {paper_cell} | not recorded (trained before runs kept their curve) | - |")
             continue
+        at_most = "at most " if curve["partial"] else ""  # the weights beneath kept no curve: maybe earlier
         best = max(value for _, _, value in curve["points"])
         reached = minutes_to(curve, paper) if paper else None
-        to_paper = "-" if not paper else f"{reached:.0f}" if reached is not None else "not reached"
-        rows.append(f"| `{name}` | {paper_cell} | {to_paper} | {best:.2%} ({minutes_to(curve, best):.0f}) |")
+        to_paper = "-" if not paper else f"{at_most}{reached:.0f}" if reached is not None else "not reached"
+        rows.append(f"| `{name}` | {paper_cell} | {to_paper} | {best:.2%} ({at_most}{minutes_to(curve, best):.0f}) |")
     return "\n".join(rows)
 
 
