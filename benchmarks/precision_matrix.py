@@ -205,12 +205,18 @@ def trainer_for(precision: str, device: str, root: Path, max_steps: int, callbac
     )
 
 
+def scaled(precision: str, device: str) -> bool:
+    """Whether a cell's steps go through a GradScaler, whose first steps overflow float16 and are skipped (so the
+    cell trains until one goes through): ``FP16_AMP``, and ``16-mixed`` on CUDA, which Lightning runs with one."""
+    return precision == FP16_AMP or (precision == "16-mixed" and device == "cuda")
+
+
 def run_cell(name: str, precision: str, data: ToyData, device: str = "cpu") -> Cell:
     """One cell: build ``name``, train it one step (for ``FP16_AMP``, until the scaler lets a step through) under
     ``precision`` on ``device``; ``pass`` when every weight is finite and some changed."""
     start = time.perf_counter()
     L.seed_everything(0, verbose=False)
-    amp = precision == FP16_AMP
+    amp = scaled(precision, device)
     watch = _Watch(until_a_step=amp)
     notes: list[str] = []
     try:
@@ -227,7 +233,7 @@ def run_cell(name: str, precision: str, data: ToyData, device: str = "cpu") -> C
         return Cell(name, precision, "fail", f"{type(e).__name__}: {first}", _since(start))
     params = dict(model.named_parameters())
     bad = [k for k, p in params.items() if not torch.isfinite(p).all()]
-    changed = [k for k, p in params.items() if not torch.equal(watch.before[k], p.detach())]
+    changed = [k for k, p in params.items() if not torch.equal(watch.before[k].to(p.device), p.detach())]
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params.values()})
     guard = next((cb for cb in trainer.callbacks if isinstance(cb, PrecisionGuard)), None)
     skipped = guard.skips.skipped if guard is not None else 0

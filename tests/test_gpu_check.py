@@ -33,3 +33,13 @@ def test_quick_mode_on_cpu(tmp_path, capsys, cifar_dir):
 def test_cuda_asked_for_without_a_gpu(capsys):
     assert gpu_check.main([]) == 2
     assert "no CUDA device here" in capsys.readouterr().out
+
+
+def test_fp16_mixed_on_cuda_trains_until_the_scaler_lets_a_step_through():
+    """Lightning runs ``16-mixed`` on CUDA with a GradScaler, whose first steps overflow float16 and are skipped: a
+    one-step cell there changed no weight of the ResNets and the VGGs with BN (seen on an H200), so those cells train
+    on as the CPU's ``FP16_AMP`` ones do; on CPU ``16-mixed`` is bf16 and needs no scaler."""
+    from precision_matrix import FP16_AMP, scaled
+
+    assert scaled("16-mixed", "cuda") and scaled(FP16_AMP, "cpu")
+    assert not scaled("16-mixed", "cpu") and not scaled("bf16-mixed", "cuda")

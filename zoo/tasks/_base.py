@@ -270,11 +270,21 @@ class Task(FineTuning, L.LightningModule):
         per_epoch = math.ceil(batches / t.accumulate_grad_batches)
         return int(total), int(h.warmup_epochs * per_epoch)
 
+    def _clips_scaled_gradients(self) -> bool:
+        """Whether gradients that a GradScaler scaled (float16 mixed precision) will be clipped (``grad_clip`` or
+        ``--trainer.gradient_clip_val``): Lightning unscales them before it clips, which a fused optimiser, which
+        unscales inside its own step, refuses at the first step ("... does not allow for gradient clipping")."""
+        t = self._trainer
+        if t is None or getattr(t.precision_plugin, "scaler", None) is None:
+            return False
+        return bool(t.gradient_clip_val if t.gradient_clip_val is not None else self.hparams.get("grad_clip"))
+
     def configure_optimizers(self):
         h = self.hparams
         mult = h.get("backbone_lr_mult", 1.0)
         is_head = self.is_head if mult != 1.0 else None
         no_decay = set(self.known_rows) if h.get("freeze") else set()  # rows kept as published while frozen
-        opt = build_optimizer(self.net, h.optimizer, h.lr, h.weight_decay, h.momentum, is_head, mult, no_decay)
+        fused = not self._clips_scaled_gradients()
+        opt = build_optimizer(self.net, h.optimizer, h.lr, h.weight_decay, h.momentum, is_head, mult, no_decay, fused)
         sched = build_schedule(opt, h.schedule, *self.schedule_steps())
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

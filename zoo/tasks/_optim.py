@@ -51,9 +51,12 @@ def build_optimizer(
     is_head: Callable[[str], bool] | None = None,
     backbone_lr_mult: float = 1.0,
     no_decay: Collection[str] = (),
+    allow_fused: bool = True,
 ) -> torch.optim.Optimizer:
+    """SGD (Nesterov when ``momentum``) or AdamW over :func:`param_groups`, fused where :func:`fused_kwargs` says
+    and ``allow_fused`` (False where a GradScaler's gradients are clipped: a fused step unscales them itself)."""
     groups = param_groups(module, weight_decay, lr, is_head, backbone_lr_mult, no_decay)
-    fused = fused_kwargs(module)
+    fused = fused_kwargs(module) if allow_fused else {}
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, **fused)
     return torch.optim.AdamW(groups, lr=lr, eps=adam_eps(module), **fused)
