@@ -224,7 +224,7 @@ class Task(FineTuning, L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip by the ``grad_clip`` hyperparameter (norm) when the task has one; ``--trainer.gradient_clip_val``
         overrides it."""
-        val = gradient_clip_val if gradient_clip_val is not None else self.hparams.get("grad_clip")
+        val = self._clip_value(gradient_clip_val)
         if val:
             self.clip_gradients(optimizer, val, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
@@ -270,6 +270,10 @@ class Task(FineTuning, L.LightningModule):
         per_epoch = math.ceil(batches / t.accumulate_grad_batches)
         return int(total), int(h.warmup_epochs * per_epoch)
 
+    def _clip_value(self, gradient_clip_val: float | None) -> float | None:
+        """The norm clip: ``--trainer.gradient_clip_val`` if given, else the ``grad_clip`` hyperparameter."""
+        return gradient_clip_val if gradient_clip_val is not None else self.hparams.get("grad_clip")
+
     def _clips_scaled_gradients(self) -> bool:
         """Whether gradients that a GradScaler scaled (float16 mixed precision) will be clipped (``grad_clip`` or
         ``--trainer.gradient_clip_val``): Lightning unscales them before it clips, which a fused optimiser, which
@@ -277,7 +281,7 @@ class Task(FineTuning, L.LightningModule):
         t = self._trainer
         if t is None or getattr(t.precision_plugin, "scaler", None) is None:
             return False
-        return bool(t.gradient_clip_val if t.gradient_clip_val is not None else self.hparams.get("grad_clip"))
+        return bool(self._clip_value(t.gradient_clip_val))
 
     def configure_optimizers(self):
         h = self.hparams
